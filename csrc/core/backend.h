@@ -1,0 +1,72 @@
+// What a backend (cpu/, cuda/) provides to the core: weights resident in its memory, KV caches,
+// and the forward pass of SPEC 3. The core validates inputs before calling in (ids in range,
+// room in the cache) and decides the dynamic-NTK alpha at prefill (rope_ntk_alpha).
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config.h"
+#include "weights.h"
+
+namespace qwen {
+
+// One sequence's attention cache. Backends derive from it to hold the K/V storage.
+class KvCache {
+ public:
+  virtual ~KvCache() = default;
+  int capacity = 0;              // positions it can hold
+  int length = 0;                // positions filled
+  double ntk_alpha = 1.0;        // set by the prefill that filled an empty cache (SPEC 3.1)
+  std::vector<int32_t> tokens;   // the ids at positions 0..length-1 (repetition penalty sees them)
+  virtual size_t bytes() const = 0;
+};
+
+enum class KvCacheType { Float, Int8 };
+
+struct MemoryReport {
+  size_t weights = 0;    // bytes of weights held by the backend (0 for mapped files on the CPU)
+  size_t kv_cache = 0;   // bytes of live KV caches
+  size_t workspace = 0;  // scratch buffers
+};
+
+using ProgressFn = std::function<void(double fraction)>;
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual std::unique_ptr<KvCache> new_cache(int capacity) = 0;
+  // Feeds ids [n] at positions cache.length.. and writes their K/V there (the caller then
+  // advances cache.length by n); writes logits of the last
+  // position ([V] floats) or of every position ([n, V]) into host memory `logits`.
+  virtual void forward(KvCache& cache, const int32_t* ids, int n, float* logits, bool all_logits) = 0;
+  virtual MemoryReport memory() const = 0;
+};
+
+struct BackendOptions {
+  int threads = 0;         // CPU: 0 = all cores
+  int device_index = 0;    // CUDA
+  KvCacheType kv_cache = KvCacheType::Float;
+};
+
+// cpu/model_cpu.cpp
+std::unique_ptr<Backend> make_cpu_backend(const ModelConfig& cfg, const ModelWeights& w, const BackendOptions& opt,
+                                          const ProgressFn& progress);
+// cuda/model_cuda.cu, or cuda/unavailable.cpp when the addon was built without nvcc
+bool cuda_compiled();
+int cuda_device_count();  // 0 when no driver or no GPU; never throws
+std::unique_ptr<Backend> make_cuda_backend(const ModelConfig& cfg, const ModelWeights& w, const BackendOptions& opt,
+                                           const ProgressFn& progress);
+
+// SPEC 3.1: c = log2(T0/S) + 1; alpha = max(2^ceil(c) - 1, 1).
+double rope_ntk_alpha(int prompt_len, int seq_length);
+// SPEC 3: logn(p) = ln(p+1)/ln(S) when p+1 > S, else 1.
+inline float logn_scale(int pos, int seq_length) {
+  return pos + 1 > seq_length ? float(std::log(double(pos + 1)) / std::log(double(seq_length))) : 1.0f;
+}
+
+}  // namespace qwen

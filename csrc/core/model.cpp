@@ -1,0 +1,52 @@
+#include "model.h"
+
+#include <cmath>
+
+#include "error.h"
+
+namespace qwen {
+
+double rope_ntk_alpha(int prompt_len, int seq_length) {
+  double c = std::log2(double(prompt_len) / double(seq_length)) + 1.0;
+  double alpha = std::pow(2.0, std::ceil(c)) - 1.0;
+  return alpha < 1.0 ? 1.0 : alpha;
+}
+
+std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& opt, const ProgressFn& progress) {
+  auto m = std::unique_ptr<Model>(new Model());
+  m->cfg_ = ModelConfig::load(dir);
+  m->checkpoint_ = Checkpoint::open(dir);
+  m->weights_ = bind_weights(*m->checkpoint_, m->cfg_);
+  m->context_length_ = opt.context_length > 0 ? opt.context_length : m->cfg_.seq_length;
+  if (opt.device == "cpu") {
+    m->backend_ = make_cpu_backend(m->cfg_, m->weights_, opt.backend, progress);
+  } else if (opt.device == "cuda") {
+    m->backend_ = make_cuda_backend(m->cfg_, m->weights_, opt.backend, progress);
+  } else {
+    throw Error("device \"" + opt.device + "\" is not supported (supported: cpu, cuda)");
+  }
+  return m;
+}
+
+std::unique_ptr<KvCache> Model::new_cache() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return backend_->new_cache(context_length_);
+}
+
+void Model::forward(KvCache& cache, const int32_t* ids, int n, float* logits, bool all_logits) {
+  if (n <= 0) throw Error("eval: no token ids given");
+  for (int i = 0; i < n; i++)
+    if (ids[i] < 0 || ids[i] >= cfg_.vocab_size)
+      throw Error("token id " + std::to_string(ids[i]) + " at index " + std::to_string(i) +
+                  " is out of range [0, " + std::to_string(cfg_.vocab_size) + ")");
+  if (cache.length + n > cache.capacity)
+    throw Error("context length exceeded: " + std::to_string(cache.length) + " tokens in the sequence + " +
+                std::to_string(n) + " new > contextLength " + std::to_string(cache.capacity));
+  std::lock_guard<std::mutex> lock(mu_);
+  if (cache.length == 0) cache.ntk_alpha = cfg_.use_dynamic_ntk ? rope_ntk_alpha(n, cfg_.seq_length) : 1.0;
+  backend_->forward(cache, ids, n, logits, all_logits);
+  cache.length += n;
+  cache.tokens.insert(cache.tokens.end(), ids, ids + n);
+}
+
+}  // namespace qwen

@@ -1,0 +1,95 @@
+#include "sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+namespace qwen {
+
+namespace {
+uint64_t splitmix64(uint64_t& x) {
+  uint64_t z = (x += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+}  // namespace
+
+Rng::Rng(uint64_t seed) {
+  for (auto& s : s_) s = splitmix64(seed);
+}
+
+uint64_t Rng::next() {
+  uint64_t r = rotl(s_[1] * 5, 7) * 9;
+  uint64_t t = s_[1] << 17;
+  s_[2] ^= s_[0];
+  s_[3] ^= s_[1];
+  s_[1] ^= s_[2];
+  s_[0] ^= s_[3];
+  s_[2] ^= t;
+  s_[3] = rotl(s_[3], 45);
+  return r;
+}
+
+double Rng::uniform() { return double(next() >> 11) * (1.0 / 9007199254740992.0); }
+
+int32_t sample_token(float* logits, int vocab, const SamplingOptions& opt, const std::vector<int32_t>& history, Rng& rng) {
+  if (opt.repetition_penalty != 1.0f) {
+    // Each distinct id is penalised once, as torch's gather/scatter does.
+    std::vector<uint8_t> seen(size_t(vocab), 0);
+    for (int32_t id : history) {
+      if (id < 0 || id >= vocab || seen[size_t(id)]) continue;
+      seen[size_t(id)] = 1;
+      float& l = logits[id];
+      l = l < 0 ? l * opt.repetition_penalty : l / opt.repetition_penalty;
+    }
+  }
+  if (!opt.do_sample || opt.temperature <= 0.0f)
+    return int32_t(std::max_element(logits, logits + vocab) - logits);
+
+  if (opt.temperature != 1.0f)
+    for (int i = 0; i < vocab; i++) logits[i] /= opt.temperature;
+
+  // Candidates sorted by logit, descending; top-k keeps every id tied with the k-th (as HF's
+  // `scores < kth_value` test does).
+  std::vector<int32_t> idx(static_cast<size_t>(vocab));
+  std::iota(idx.begin(), idx.end(), 0);
+  size_t keep = size_t(vocab);
+  if (opt.top_k > 0 && opt.top_k < vocab) {
+    std::nth_element(idx.begin(), idx.begin() + (opt.top_k - 1), idx.end(),
+                     [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+    float kth = logits[idx[size_t(opt.top_k - 1)]];
+    auto mid = std::partition(idx.begin(), idx.end(), [&](int32_t a) { return logits[a] >= kth; });
+    keep = size_t(mid - idx.begin());
+  }
+  std::sort(idx.begin(), idx.begin() + long(keep), [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  });
+  float mx = logits[idx[0]];
+  std::vector<double> p(keep);
+  double sum = 0;
+  for (size_t i = 0; i < keep; i++) sum += p[i] = std::exp(double(logits[idx[i]] - mx));
+  if (opt.top_p < 1.0f) {
+    // HF sorts ascending and drops the tokens whose cumulative probability is <= 1 - top_p,
+    // keeping at least the most likely one. Walking from the least likely token up:
+    double cum = 0, cut = 1.0 - double(opt.top_p);
+    size_t n = keep;
+    while (n > 1) {
+      cum += p[n - 1] / sum;
+      if (cum > cut) break;
+      n--;
+    }
+    keep = n;
+    sum = 0;
+    for (size_t i = 0; i < keep; i++) sum += p[i];
+  }
+  double u = rng.uniform() * sum;
+  for (size_t i = 0; i < keep; i++) {
+    u -= p[i];
+    if (u < 0) return idx[i];
+  }
+  return idx[keep - 1];
+}
+
+}  // namespace qwen

@@ -1,0 +1,32 @@
+// Token choice from one step's logits, with Hugging Face semantics (SPEC 8):
+// repetition penalty -> temperature -> top-k -> top-p -> sample; greedy = argmax after the penalty.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace qwen {
+
+struct SamplingOptions {
+  bool do_sample = false;         // false, or temperature 0: argmax
+  float temperature = 1.0f;
+  int top_k = 0;                  // 0: off
+  float top_p = 1.0f;             // 1: off
+  float repetition_penalty = 1.0f;  // 1: off
+  uint64_t seed = 0;
+};
+
+// xoshiro256**, seeded through splitmix64: the same seed gives the same stream on every platform.
+class Rng {
+ public:
+  explicit Rng(uint64_t seed);
+  uint64_t next();
+  double uniform();  // [0, 1), 53 random bits
+ private:
+  uint64_t s_[4];
+};
+
+// Modifies `logits` in place ([vocab] floats). `history` is every id in the sequence so far
+// (the prompt and the generated ids): the ids the repetition penalty sees.
+int32_t sample_token(float* logits, int vocab, const SamplingOptions& opt, const std::vector<int32_t>& history, Rng& rng);
+
+}  // namespace qwen

@@ -1,0 +1,148 @@
+// The CPU backend: SPEC 3's forward pass over weights read straight from the mapped checkpoint
+// (converted row by row to fp32 inside linear), fp32 activations and an fp32 KV cache.
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "../core/backend.h"
+#include "../core/error.h"
+#include "ops.h"
+
+namespace qwen {
+
+namespace {
+
+struct CpuCache : KvCache {
+  int layers, heads, head_dim;
+  // [L, n, capacity, d], left uninitialized: the OS commits pages as positions fill, so a long
+  // contextLength costs memory only when used.
+  std::unique_ptr<float[]> k, v;
+  size_t count;
+  CpuCache(int L, int n, int d, int cap) : layers(L), heads(n), head_dim(d) {
+    capacity = cap;
+    count = size_t(L) * n * size_t(cap) * d;
+    try {
+      k.reset(new float[count]);
+      v.reset(new float[count]);
+    } catch (const std::bad_alloc&) {
+      throw Error("out of memory allocating a KV cache of " + std::to_string(2 * count * 4 >> 20) +
+                  " MiB (lower contextLength)");
+    }
+  }
+  float* k_layer(int l) { return k.get() + size_t(l) * heads * size_t(capacity) * head_dim; }
+  float* v_layer(int l) { return v.get() + size_t(l) * heads * size_t(capacity) * head_dim; }
+  size_t bytes() const override { return 2 * count * sizeof(float); }
+};
+
+std::vector<float> to_f32_vector(const Tensor& t) {
+  std::vector<float> out(static_cast<size_t>(t.numel()));
+  to_f32(t.dtype, t.data, out.data(), out.size());
+  return out;
+}
+
+class CpuBackend : public Backend {
+ public:
+  CpuBackend(const ModelConfig& cfg, const ModelWeights& w, const BackendOptions& opt, const ProgressFn& progress)
+      : cfg_(cfg), w_(w), pool_(opt.threads) {
+    if (opt.kv_cache != KvCacheType::Float) throw Error("kvCache \"int8\" is not implemented on the CPU backend yet");
+    for (const auto& l : w.layers) {
+      ln1_.push_back(to_f32_vector(l.ln_1));
+      ln2_.push_back(to_f32_vector(l.ln_2));
+    }
+    lnf_ = to_f32_vector(w.ln_f);
+    // Touch every page of the mapped weights now so the first token does not pay for disk
+    // reads, and so loading can report progress.
+    std::vector<const Tensor*> all = {&w.wte, &w.ln_f, &w.lm_head.weight};
+    for (const auto& l : w.layers)
+      for (const Linear* lin : {&l.c_attn, &l.attn_c_proj, &l.w1, &l.w2, &l.mlp_c_proj})
+        for (const Tensor* t : {&lin->weight, &lin->bias, &lin->qweight, &lin->qzeros, &lin->scales}) all.push_back(t);
+    size_t total = 0, done = 0;
+    for (const Tensor* t : all) total += t->empty() ? 0 : t->nbytes();
+    volatile uint8_t sink = 0;
+    for (const Tensor* t : all) {
+      if (t->empty()) continue;
+      const uint8_t* p = static_cast<const uint8_t*>(t->data);
+      for (size_t i = 0; i < t->nbytes(); i += 4096) sink ^= p[i];
+      done += t->nbytes();
+      if (progress) progress(total ? double(done) / double(total) : 1.0);
+    }
+    weight_bytes_ = total;
+  }
+
+  std::string name() const override { return "cpu (" + std::to_string(pool_.size()) + " threads)"; }
+
+  std::unique_ptr<KvCache> new_cache(int capacity) override {
+    auto c = std::make_unique<CpuCache>(cfg_.num_layers, cfg_.num_heads, cfg_.head_dim, capacity);
+    return c;
+  }
+
+  MemoryReport memory() const override {
+    MemoryReport r;
+    r.weights = weight_bytes_;
+    return r;
+  }
+
+  void forward(KvCache& base_cache, const int32_t* ids, int T, float* logits, bool all_logits) override {
+    CpuCache& cache = static_cast<CpuCache&>(base_cache);
+    const int H = cfg_.hidden_size, n = cfg_.num_heads, d = cfg_.head_dim, F = cfg_.ffn_size, V = cfg_.vocab_size;
+    const int pos0 = cache.length, cap = cache.capacity;
+    std::vector<float> x(size_t(T) * H), h(size_t(T) * H), qkv(size_t(T) * 3 * H), att(size_t(T) * H), tmp(size_t(T) * H);
+    std::vector<float> a(size_t(T) * F), b(size_t(T) * F);
+    cpu::embedding(x.data(), w_.wte, ids, T);
+    for (int l = 0; l < cfg_.num_layers; l++) {
+      const LayerWeights& lw = w_.layers[size_t(l)];
+      cpu::rmsnorm(h.data(), x.data(), ln1_[size_t(l)].data(), T, H, cfg_.rms_eps);
+      cpu::linear(qkv.data(), h.data(), lw.c_attn, T, pool_);  // [T, 3H] = q | k | v
+      float* q = qkv.data();
+      float* k = qkv.data() + H;
+      float* v = qkv.data() + 2 * H;
+      cpu::rope(q, 3 * H, T, n, d, pos0, cfg_.rope_base, cache.ntk_alpha);
+      cpu::rope(k, 3 * H, T, n, d, pos0, cfg_.rope_base, cache.ntk_alpha);
+      if (cfg_.use_logn_attn)
+        for (int t = 0; t < T; t++) {
+          float s = logn_scale(pos0 + t, cfg_.seq_length);
+          if (s != 1.0f)
+            for (int i = 0; i < H; i++) q[int64_t(t) * 3 * H + i] *= s;
+        }
+      float* kc = cache.k_layer(l);
+      float* vc = cache.v_layer(l);
+      for (int t = 0; t < T; t++)
+        for (int hh = 0; hh < n; hh++) {
+          std::memcpy(kc + (int64_t(hh) * cap + pos0 + t) * d, k + int64_t(t) * 3 * H + int64_t(hh) * d, size_t(d) * 4);
+          std::memcpy(vc + (int64_t(hh) * cap + pos0 + t) * d, v + int64_t(t) * 3 * H + int64_t(hh) * d, size_t(d) * 4);
+        }
+      cpu::attention(att.data(), q, 3 * H, kc, vc, cap, T, n, d, pos0, pool_);
+      cpu::linear(tmp.data(), att.data(), lw.attn_c_proj, T, pool_);
+      for (size_t i = 0; i < x.size(); i++) x[i] += tmp[i];
+      cpu::rmsnorm(h.data(), x.data(), ln2_[size_t(l)].data(), T, H, cfg_.rms_eps);
+      cpu::linear(a.data(), h.data(), lw.w1, T, pool_);
+      cpu::linear(b.data(), h.data(), lw.w2, T, pool_);
+      cpu::swiglu(a.data(), a.data(), b.data(), int64_t(T) * F);
+      cpu::linear(tmp.data(), a.data(), lw.mlp_c_proj, T, pool_);
+      for (size_t i = 0; i < x.size(); i++) x[i] += tmp[i];
+    }
+    // Only the rows whose logits are wanted go through ln_f and lm_head.
+    const int first = all_logits ? 0 : T - 1;
+    const int rows = T - first;
+    cpu::rmsnorm(h.data(), x.data() + int64_t(first) * H, lnf_.data(), rows, H, cfg_.rms_eps);
+    cpu::linear(logits, h.data(), w_.lm_head, rows, pool_);
+    (void)V;
+  }
+
+ private:
+  const ModelConfig cfg_;
+  const ModelWeights w_;
+  cpu::ThreadPool pool_;
+  std::vector<std::vector<float>> ln1_, ln2_;
+  std::vector<float> lnf_;
+  size_t weight_bytes_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(const ModelConfig& cfg, const ModelWeights& w, const BackendOptions& opt,
+                                          const ProgressFn& progress) {
+  return std::make_unique<CpuBackend>(cfg, w, opt, progress);
+}
+
+}  // namespace qwen

@@ -1,0 +1,37 @@
+// The CPU reference backend's ops (fp32 math, fp32 accumulation). Each has a CUDA twin of the
+// same name in csrc/cuda; the GPU tests check one against the other.
+// Shapes: T tokens, H hidden, n heads, d head_dim, K in-features, N out-features.
+#pragma once
+#include <cstdint>
+
+#include "../core/tensor.h"
+#include "../core/weights.h"
+#include "thread_pool.h"
+
+namespace qwen::cpu {
+
+// out [T, H] = wte[ids] (any float dtype -> fp32)
+void embedding(float* out, const Tensor& wte, const int32_t* ids, int T);
+
+// out [T, H] = x * rsqrt(mean(x^2) + eps) * w
+void rmsnorm(float* out, const float* x, const float* w, int T, int H, float eps);
+
+// y [T, N] = x [T, K] W^T + b; W dense [N, K] (F32/BF16/F16) or GPTQ (dequantized on the fly).
+void linear(float* y, const float* x, const Linear& l, int T, ThreadPool& pool);
+
+// Rotary ("rotate half", SPEC 3.1) in place on x [T, heads, d] whose rows are `row_stride`
+// floats apart; row t is at position pos0 + t; frequencies from base * alpha^(d/(d-2)) in fp32.
+void rope(float* x, int64_t row_stride, int T, int heads, int d, int pos0, double base, double ntk_alpha);
+
+// Causal attention for T queries at positions pos0.. over a cache holding pos0 + T positions.
+// q [T, n, d] (row stride q_stride), k/v cache [n, capacity, d], out [T, n, d].
+void attention(float* out, const float* q, int64_t q_stride, const float* k_cache, const float* v_cache, int capacity,
+               int T, int n, int d, int pos0, ThreadPool& pool);
+
+// out[i] = a[i] * silu(b[i])  (Qwen: w1(h) * silu(w2(h)))
+void swiglu(float* out, const float* a, const float* b, int64_t count);
+
+// Dequantizes GPTQ column n (all K input rows) into w [K]: scales[g][n] * (q - (zero + 1)).
+void gptq_dequant_column(float* w, const Linear& l, int n);
+
+}  // namespace qwen::cpu

@@ -1,0 +1,219 @@
+// NativeSequence: one KV cache and the jobs run on it (eval, generate), one at a time, each on
+// its own native thread. Generated tokens stream to JS through a thread-safe function.
+#include "../core/error.h"
+#include "addon.h"
+
+namespace qwen::napi {
+
+namespace {
+
+struct SeqJob;
+struct SeqEvent {
+  enum Kind { Token, Done } kind;
+  int32_t token = 0;
+  bool stop = false;
+};
+void seq_call_js(Napi::Env env, Napi::Function cb, SeqJob* job, SeqEvent* ev);
+using SeqTsfn = Napi::TypedThreadSafeFunction<SeqJob, SeqEvent, seq_call_js>;
+
+struct SeqJob {
+  std::shared_ptr<NativeSequence::State> st;
+  std::shared_ptr<ModelHandle> handle;
+  std::shared_ptr<Model> model;
+  std::thread thread;
+  SeqTsfn tsfn;
+  std::unique_ptr<Napi::Promise::Deferred> deferred;  // eval only
+  std::vector<int32_t> ids;
+  bool all_logits = false;
+  bool generate = false;
+  GenerateOptions gopt;
+  std::vector<float> logits;
+  std::string error;
+  FinishReason reason = FinishReason::Stop;
+};
+
+std::mutex& state_mutex() {
+  static std::mutex mu;  // guards busy/disposed/cache transitions of every sequence
+  return mu;
+}
+
+void seq_call_js(Napi::Env env, Napi::Function cb, SeqJob* job, SeqEvent* ev) {
+  std::unique_ptr<SeqEvent> owned(ev);
+  if (!env || !ev) return;
+  if (ev->kind == SeqEvent::Token) {
+    cb.Call({Napi::String::New(env, "token"), Napi::Number::New(env, ev->token), Napi::Boolean::New(env, ev->stop)});
+    return;
+  }
+  if (job->generate) {
+    Napi::Value err = job->error.empty() ? env.Null() : Napi::Error::New(env, job->error).Value();
+    cb.Call({Napi::String::New(env, "done"), err, Napi::String::New(env, finish_reason_name(job->reason))});
+    return;
+  }
+  if (!job->error.empty()) {
+    job->deferred->Reject(Napi::Error::New(env, job->error).Value());
+    return;
+  }
+  Napi::Float32Array out = Napi::Float32Array::New(env, job->logits.size());
+  std::copy(job->logits.begin(), job->logits.end(), out.Data());
+  job->deferred->Resolve(out);
+}
+
+// Marks the sequence busy and takes a reference on the model, or throws why it cannot.
+void acquire(Napi::Env env, NativeSequence::State& st, const char* what, std::shared_ptr<Model>* model) {
+  std::lock_guard<std::mutex> lock(state_mutex());
+  if (st.disposed || !st.cache) throw Napi::Error::New(env, std::string(what) + ": the sequence has been disposed");
+  if (st.busy) throw Napi::Error::New(env, std::string(what) + ": the sequence is busy (an eval or generation is already running on it)");
+  try {
+    *model = st.handle->get(what);
+  } catch (const Error& e) {
+    throw Napi::Error::New(env, e.what());
+  }
+  st.busy = true;
+  st.abort = false;
+}
+
+void start(Napi::Env env, SeqJob* job, Napi::Function cb) {
+  {
+    std::lock_guard<std::mutex> lock(job->handle->mu);
+    job->handle->aborts.insert(&job->st->abort);
+  }
+  job->tsfn = SeqTsfn::New(env, cb, "qwen-native:sequence", 0, 1, job, [](Napi::Env, void*, SeqJob* j) {
+    j->thread.join();
+    delete j;
+  });
+  job->thread = std::thread([job] {
+    NativeSequence::State& st = *job->st;
+    try {
+      if (job->generate) {
+        job->reason = qwen::generate(*job->model, *st.cache, job->ids, job->gopt, st.abort, [job](int32_t tok, bool stop) {
+          job->tsfn.BlockingCall(new SeqEvent{SeqEvent::Token, tok, stop});
+        });
+      } else {
+        const int V = job->model->config().vocab_size;
+        job->logits.resize(size_t(V) * (job->all_logits ? job->ids.size() : 1));
+        job->model->forward(*st.cache, job->ids.data(), int(job->ids.size()), job->logits.data(), job->all_logits);
+      }
+    } catch (const std::exception& e) {
+      job->error = e.what();
+    }
+    {
+      std::lock_guard<std::mutex> lock(job->handle->mu);
+      job->handle->aborts.erase(&st.abort);
+    }
+    job->model.reset();  // a disposed model is freed here, off the JS thread
+    {
+      std::lock_guard<std::mutex> lock(state_mutex());
+      if (st.disposed) st.cache.reset();
+      st.busy = false;
+    }
+    job->tsfn.BlockingCall(new SeqEvent{SeqEvent::Done});
+    job->tsfn.Release();
+  });
+}
+
+double num_opt(const Napi::Object& o, const char* key, double fallback) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined() || v.IsNull()) return fallback;
+  if (!v.IsNumber()) throw Napi::TypeError::New(o.Env(), std::string("option ") + key + " must be a number");
+  return v.As<Napi::Number>().DoubleValue();
+}
+
+}  // namespace
+
+Napi::Function NativeSequence::Init(Napi::Env env) {
+  return DefineClass(env, "NativeSequence",
+                     {InstanceMethod<&NativeSequence::Length>("length"),
+                      InstanceMethod<&NativeSequence::Tokens>("tokens"),
+                      InstanceMethod<&NativeSequence::Busy>("busy"),
+                      InstanceMethod<&NativeSequence::Eval>("eval"),
+                      InstanceMethod<&NativeSequence::Generate>("generate"),
+                      InstanceMethod<&NativeSequence::Abort>("abort"),
+                      InstanceMethod<&NativeSequence::Dispose>("dispose")});
+}
+
+NativeSequence::NativeSequence(const Napi::CallbackInfo& info)
+    : Napi::ObjectWrap<NativeSequence>(info), state(std::make_shared<State>()) {}
+
+NativeSequence::~NativeSequence() {
+  std::lock_guard<std::mutex> lock(state_mutex());
+  state->disposed = true;
+  state->abort = true;
+  if (!state->busy) state->cache.reset();
+}
+
+Napi::Value NativeSequence::Length(const Napi::CallbackInfo& info) {
+  std::lock_guard<std::mutex> lock(state_mutex());
+  return Napi::Number::New(info.Env(), state->cache && !state->busy ? state->cache->length : -1);
+}
+
+Napi::Value NativeSequence::Tokens(const Napi::CallbackInfo& info) {
+  std::lock_guard<std::mutex> lock(state_mutex());
+  if (!state->cache || state->busy) return info.Env().Null();
+  const auto& t = state->cache->tokens;
+  Napi::Int32Array a = Napi::Int32Array::New(info.Env(), t.size());
+  std::copy(t.begin(), t.end(), a.Data());
+  return a;
+}
+
+Napi::Value NativeSequence::Busy(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), state->busy.load()); }
+
+// eval(ids, allLogits) -> Promise<Float32Array>
+Napi::Value NativeSequence::Eval(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto* job = new SeqJob();
+  std::unique_ptr<SeqJob> guard(job);
+  job->ids = to_ids(info[0], "ids");
+  job->all_logits = info[1].ToBoolean();
+  acquire(env, *state, "eval", &job->model);
+  job->st = state;
+  job->handle = state->handle;
+  job->deferred = std::make_unique<Napi::Promise::Deferred>(env);
+  Napi::Promise p = job->deferred->Promise();
+  start(env, guard.release(), Napi::Function::New(env, [](const Napi::CallbackInfo&) {}));
+  return p;
+}
+
+// generate(promptIds, options, onEvent(kind, a, b)): 'token' (id, stop) ... then 'done' (error|null, reason)
+Napi::Value NativeSequence::Generate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[1].IsObject() || !info[2].IsFunction())
+    throw Napi::TypeError::New(env, "generate(prompt, options, onEvent): options object and callback required");
+  auto* job = new SeqJob();
+  std::unique_ptr<SeqJob> guard(job);
+  job->generate = true;
+  job->ids = to_ids(info[0], "prompt");
+  Napi::Object o = info[1].As<Napi::Object>();
+  GenerateOptions& g = job->gopt;
+  g.max_new_tokens = int(num_opt(o, "maxNewTokens", 512));
+  g.sampling.do_sample = o.Get("doSample").ToBoolean();
+  g.sampling.temperature = float(num_opt(o, "temperature", 1.0));
+  g.sampling.top_k = int(num_opt(o, "topK", 0));
+  g.sampling.top_p = float(num_opt(o, "topP", 1.0));
+  g.sampling.repetition_penalty = float(num_opt(o, "repetitionPenalty", 1.0));
+  g.sampling.seed = uint64_t(num_opt(o, "seed", 0));
+  Napi::Value stops = o.Get("stopSequences");
+  if (stops.IsArray()) {
+    Napi::Array a = stops.As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); i++) g.stop_sequences.push_back(to_ids(a.Get(i), "stopSequences[i]"));
+  }
+  acquire(env, *state, "generate", &job->model);
+  job->st = state;
+  job->handle = state->handle;
+  start(env, guard.release(), info[2].As<Napi::Function>());
+  return env.Undefined();
+}
+
+Napi::Value NativeSequence::Abort(const Napi::CallbackInfo& info) {
+  state->abort = true;
+  return info.Env().Undefined();
+}
+
+Napi::Value NativeSequence::Dispose(const Napi::CallbackInfo& info) {
+  std::lock_guard<std::mutex> lock(state_mutex());
+  state->disposed = true;
+  if (state->busy) state->abort = true;  // the running job frees the cache when it stops
+  else state->cache.reset();
+  return info.Env().Undefined();
+}
+
+}  // namespace qwen::napi

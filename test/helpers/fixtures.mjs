@@ -1,0 +1,52 @@
+// Shared test helpers: where the fixtures are, a small safetensors reader (the format is simple
+// enough to read independently of the native code under test), and error metrics.
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const repoRoot = path.resolve(here, '..', '..');
+export const fixturesDir = process.env.QWEN_FIXTURES || path.resolve(repoRoot, '..', 'shared', 'fixtures');
+export const fixture = (name) => path.join(fixturesDir, name);
+// Which backend the model tests run on: CPU in CI, `QWEN_DEVICE=cuda` on the GPU machine.
+export const device = process.env.QWEN_DEVICE || 'cpu';
+
+export function readSafetensors(file) {
+  const buf = fs.readFileSync(file);
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8'));
+  const out = {};
+  for (const [name, e] of Object.entries(header)) {
+    if (name === '__metadata__') continue;
+    if (e.dtype !== 'F32' && e.dtype !== 'I32') throw new Error(`test reader: ${name} is ${e.dtype}`);
+    const [b, end] = e.data_offsets;
+    const bytes = buf.subarray(8 + n + b, 8 + n + end);
+    const copy = new Uint8Array(bytes); // aligned copy
+    const data = e.dtype === 'F32' ? new Float32Array(copy.buffer) : new Int32Array(copy.buffer);
+    out[name] = { shape: e.shape, data };
+  }
+  return out;
+}
+
+export function readJson(file) {
+  return JSON.parse(fs.readFileSync(file, 'utf8'));
+}
+
+// |a - b|_2 / |b|_2 and max |a - b|, in float64.
+export function errors(a, b) {
+  if (a.length !== b.length) throw new Error(`length ${a.length} != ${b.length}`);
+  let num = 0, den = 0, max = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = a[i] - b[i];
+    num += d * d;
+    den += b[i] * b[i];
+    max = Math.max(max, Math.abs(d));
+  }
+  return { rel: Math.sqrt(num / den), maxAbs: max };
+}
+
+export function argmax(a) {
+  let best = 0;
+  for (let i = 1; i < a.length; i++) if (a[i] > a[best]) best = i;
+  return best;
+}
