@@ -1,0 +1,470 @@
+// The public API: Model (load, sequences, generate, complete, chat) and Sequence (one KV cache).
+// Options are validated here, with messages that name the option, before anything reaches C++.
+import fs from 'node:fs';
+import path from 'node:path';
+import { randomInt } from 'node:crypto';
+
+import { native, type NativeConfig, type NativeModel, type NativeSequence } from './native';
+import { TextStreamDecoder, Tokenizer } from './tokenizer';
+import { chatStopIds, decodeReply, makeContext, type ChatFormat, type HistoryTurn } from './chat';
+
+export type Device = 'cpu' | 'cuda' | 'auto';
+
+export interface LoadOptions {
+  /** 'auto' (default): CUDA when the addon has it and a GPU is present, else the CPU. */
+  device?: Device;
+  /** Which GPU (CUDA), default 0. */
+  deviceIndex?: number;
+  /** Positions one sequence can hold (KV cache size). Default: config.json's seq_length. */
+  contextLength?: number;
+  /** CPU worker threads; default all cores. */
+  threads?: number;
+  /** KV cache storage: 'float' (default) or 'int8'. */
+  kvCache?: 'float' | 'int8';
+  /** A Tokenizer, or the path of a qwen.tiktoken file / folder; default: the checkpoint's own. */
+  tokenizer?: Tokenizer | string | null;
+  /** Called with the fraction of weight bytes loaded, 0..1. */
+  onProgress?: (progress: { fraction: number }) => void;
+}
+
+export interface ModelConfig extends NativeConfig {}
+
+/** generation_config.json, as read (snake_case keys, as the file spells them). */
+export interface GenerationConfig {
+  chat_format?: ChatFormat;
+  eos_token_id?: number | number[];
+  stop_words_ids?: number[][];
+  max_new_tokens?: number;
+  max_window_size?: number;
+  do_sample?: boolean;
+  temperature?: number;
+  top_k?: number;
+  top_p?: number;
+  repetition_penalty?: number;
+  [key: string]: unknown;
+}
+
+export interface GenerateOptions {
+  maxNewTokens?: number;
+  /** 0 = greedy. */
+  temperature?: number;
+  topP?: number;
+  /** 0 = off. */
+  topK?: number;
+  repetitionPenalty?: number;
+  /** false = greedy whatever the temperature. Default: generation_config.json's do_sample. */
+  doSample?: boolean;
+  /** Integer seed: the same seed, prompt and options give the same tokens. Default: random. */
+  seed?: number;
+  /** Stop strings (matched on the text) and/or token-id sequences, on top of the checkpoint's eos. */
+  stop?: ReadonlyArray<string | readonly number[]>;
+  signal?: AbortSignal;
+}
+
+export interface GenerateChunk {
+  token: number;
+  /** New text: only complete UTF-8 characters (a partial one waits for the next token). */
+  text: string;
+}
+
+export type FinishReason = 'stop' | 'length' | 'context' | 'abort';
+
+export interface CompletionResult {
+  text: string;
+  /** Every generated id, including the stop token that ended generation (as Qwen's generate returns). */
+  tokens: number[];
+  finishReason: FinishReason;
+  usage: { promptTokens: number; completionTokens: number; totalTokens: number };
+}
+
+export interface ChatOptions extends GenerateOptions {
+  history?: readonly HistoryTurn[];
+  /** Default "You are a helpful assistant.". */
+  system?: string;
+  /** Default: generation_config.json's max_window_size, else 6144. */
+  maxWindowSize?: number;
+  stream?: boolean;
+}
+
+export interface ChatResult extends CompletionResult {
+  /** The history with this turn appended, ready for the next call. */
+  history: { query: string; response: string }[];
+}
+
+export class AbortError extends Error {
+  readonly partial: CompletionResult;
+  constructor(partial: CompletionResult) {
+    super('generation aborted');
+    this.name = 'AbortError';
+    this.partial = partial;
+  }
+}
+
+function checkNumber(name: string, v: unknown, min: number, max: number, integer = false): void {
+  if (v === undefined) return;
+  if (typeof v !== 'number' || Number.isNaN(v) || v < min || v > max || (integer && !Number.isInteger(v)))
+    throw new RangeError(`option ${name} must be ${integer ? 'an integer' : 'a number'} in [${min}, ${max}], got ${String(v)}`);
+}
+
+function readJsonIfExists(file: string): Record<string, unknown> | null {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch {
+    return null;
+  }
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new Error(`${file}: invalid JSON (${(err as Error).message})`);
+  }
+}
+
+/** One sequence: a KV cache that `eval` appends to. */
+export class Sequence {
+  #native: NativeSequence | null;
+  readonly #model: Model;
+
+  /** @internal */
+  constructor(model: Model, seq: NativeSequence) {
+    this.#model = model;
+    this.#native = seq;
+  }
+
+  #live(what: string): NativeSequence {
+    if (!this.#native) throw new Error(`${what}: the sequence has been disposed`);
+    return this.#native;
+  }
+
+  /** Tokens in the cache (-1 while an eval or generation runs on it). */
+  get length(): number {
+    return this.#live('length').length();
+  }
+
+  /** The ids in the cache, or null while busy. */
+  get tokens(): number[] | null {
+    const t = this.#live('tokens').tokens();
+    return t ? Array.from(t) : null;
+  }
+
+  /** Feeds ids after what the cache holds; resolves to the logits of the last position fed. */
+  eval(ids: readonly number[] | Int32Array): Promise<Float32Array> {
+    return this.#live('eval').eval(toIds(ids, 'ids'), false);
+  }
+
+  /** Like eval, but returns the logits of every position fed ([ids.length * vocab]). */
+  evalAll(ids: readonly number[] | Int32Array): Promise<Float32Array> {
+    return this.#live('evalAll').eval(toIds(ids, 'ids'), true);
+  }
+
+  /** @internal */
+  get native(): NativeSequence {
+    return this.#live('generate');
+  }
+
+  /** Frees the cache now (or, if a generation runs on it, aborts it and frees when it stops). */
+  dispose(): void {
+    this.#native?.dispose();
+    this.#native = null;
+    this.#model._forget(this);
+  }
+}
+
+function toIds(ids: readonly number[] | Int32Array, what: string): Int32Array {
+  if (ids instanceof Int32Array) return ids;
+  if (!Array.isArray(ids)) throw new TypeError(`${what} must be an array of token ids`);
+  const out = new Int32Array(ids.length);
+  for (let i = 0; i < ids.length; i++) {
+    const v = ids[i];
+    if (!Number.isInteger(v) || v < 0 || v > 0x7fffffff) throw new RangeError(`${what}[${i}] = ${String(v)} is not a valid token id`);
+    out[i] = v;
+  }
+  return out;
+}
+
+export class Model {
+  readonly dir: string;
+  readonly config: ModelConfig;
+  readonly generationConfig: GenerationConfig;
+  readonly tokenizer: Tokenizer | null;
+  /** Where it runs: "cpu (N threads)" or the GPU's name. */
+  readonly device: string;
+  readonly contextLength: number;
+  #native: NativeModel | null;
+  readonly #sequences = new Set<Sequence>();
+
+  private constructor(dir: string, nm: NativeModel, gen: GenerationConfig, tok: Tokenizer | null) {
+    this.dir = dir;
+    this.#native = nm;
+    this.config = nm.config();
+    this.generationConfig = gen;
+    this.tokenizer = tok;
+    this.device = nm.backend();
+    this.contextLength = nm.contextLength();
+  }
+
+  static async load(dir: string, options: LoadOptions = {}): Promise<Model> {
+    if (typeof dir !== 'string' || dir === '') throw new TypeError('Model.load: dir must be a checkpoint folder path');
+    const o = options;
+    const device = o.device ?? 'auto';
+    if (!['cpu', 'cuda', 'auto'].includes(device)) throw new RangeError(`option device must be 'cpu', 'cuda' or 'auto', got ${String(device)}`);
+    checkNumber('deviceIndex', o.deviceIndex, 0, 1024, true);
+    checkNumber('contextLength', o.contextLength, 1, 1 << 24, true);
+    checkNumber('threads', o.threads, 0, 4096, true);
+    if (o.kvCache !== undefined && o.kvCache !== 'float' && o.kvCache !== 'int8')
+      throw new RangeError(`option kvCache must be 'float' or 'int8', got ${String(o.kvCache)}`);
+    const abs = path.resolve(dir);
+    if (!fs.existsSync(abs) || !fs.statSync(abs).isDirectory()) throw new Error(`Model.load: ${abs} is not a folder`);
+    const addon = native();
+    const useCuda = device === 'cuda' || (device === 'auto' && addon.cudaCompiled() && addon.cudaDeviceCount() > 0);
+    const gen = (readJsonIfExists(path.join(abs, 'generation_config.json')) ?? {}) as GenerationConfig;
+    let tok: Tokenizer | null = null;
+    if (o.tokenizer instanceof Tokenizer) tok = o.tokenizer;
+    else if (typeof o.tokenizer === 'string') tok = await Tokenizer.load(o.tokenizer);
+    else if (o.tokenizer === undefined && fs.existsSync(path.join(abs, 'qwen.tiktoken'))) tok = await Tokenizer.load(abs);
+    const onProgress = o.onProgress;
+    const nm = await addon.loadModel(
+      abs,
+      {
+        device: useCuda ? 'cuda' : 'cpu',
+        deviceIndex: o.deviceIndex ?? 0,
+        contextLength: o.contextLength ?? 0,
+        threads: o.threads ?? 0,
+        kvCache: o.kvCache ?? 'float',
+      },
+      onProgress ? (fraction) => onProgress({ fraction }) : undefined,
+    );
+    return new Model(abs, nm, gen, tok);
+  }
+
+  #live(what: string): NativeModel {
+    if (!this.#native) throw new Error(`${what}: the model has been disposed`);
+    return this.#native;
+  }
+
+  /** Bytes held: weights, live KV caches, scratch buffers. */
+  memory(): { weights: number; kvCache: number; workspace: number } {
+    return this.#live('memory').memory();
+  }
+
+  createSequence(): Sequence {
+    const s = new Sequence(this, this.#live('createSequence').createSequence());
+    this.#sequences.add(s);
+    return s;
+  }
+
+  /** @internal */
+  _forget(s: Sequence): void {
+    this.#sequences.delete(s);
+  }
+
+  #tokenizer(what: string): Tokenizer {
+    if (!this.tokenizer) throw new Error(`${what}: the model has no tokenizer (no qwen.tiktoken in ${this.dir}); pass token ids or the tokenizer option`);
+    return this.tokenizer;
+  }
+
+  /** Prompt text (encoded as plain text: special-token spellings stay text) or ids. */
+  #promptIds(prompt: string | readonly number[], what: string): number[] {
+    if (typeof prompt === 'string') return this.#tokenizer(what).encode(prompt);
+    if (Array.isArray(prompt)) return Array.from(toIds(prompt, 'prompt'));
+    throw new TypeError(`${what}: prompt must be a string or an array of token ids`);
+  }
+
+  /** Resolved native options: the call's, else generation_config.json's, else Hugging Face's defaults. */
+  #nativeOptions(o: GenerateOptions, extraStops: number[][]): { opts: Record<string, unknown>; stopStrings: string[] } {
+    const g = this.generationConfig;
+    checkNumber('maxNewTokens', o.maxNewTokens, 1, 1 << 24, true);
+    checkNumber('temperature', o.temperature, 0, 100);
+    checkNumber('topP', o.topP, 0, 1);
+    checkNumber('topK', o.topK, 0, 1 << 24, true);
+    checkNumber('repetitionPenalty', o.repetitionPenalty, 0.01, 100);
+    checkNumber('seed', o.seed, 0, Number.MAX_SAFE_INTEGER, true);
+    if (o.doSample !== undefined && typeof o.doSample !== 'boolean') throw new TypeError('option doSample must be a boolean');
+    const stopStrings: string[] = [];
+    const stopSequences: number[][] = [...extraStops];
+    const eos = g.eos_token_id;
+    for (const e of Array.isArray(eos) ? eos : eos !== undefined ? [eos] : []) stopSequences.push([e]);
+    for (const s of g.stop_words_ids ?? []) stopSequences.push(s);
+    for (const [i, s] of (o.stop ?? []).entries()) {
+      if (typeof s === 'string') {
+        if (s === '') throw new RangeError(`option stop[${i}] is an empty string`);
+        stopStrings.push(s);
+      } else if (Array.isArray(s) && s.length > 0) {
+        stopSequences.push(Array.from(toIds(s as number[], `stop[${i}]`)));
+      } else {
+        throw new TypeError(`option stop[${i}] must be a string or a non-empty array of token ids`);
+      }
+    }
+    const temperature = o.temperature ?? g.temperature ?? 1.0;
+    const doSample = o.doSample ?? (temperature === 0 ? false : g.do_sample ?? false);
+    return {
+      opts: {
+        maxNewTokens: o.maxNewTokens ?? g.max_new_tokens ?? 512,
+        doSample,
+        temperature,
+        topK: o.topK ?? g.top_k ?? 0,
+        topP: o.topP ?? g.top_p ?? 1.0,
+        repetitionPenalty: o.repetitionPenalty ?? g.repetition_penalty ?? 1.0,
+        seed: o.seed ?? randomInt(0, 2 ** 47),
+        stopSequences,
+      },
+      stopStrings,
+    };
+  }
+
+  /**
+   * Runs one generation on a fresh sequence; calls onChunk for each piece of streamed text.
+   * Resolves when it ends; rejects with AbortError when `signal` aborts it.
+   */
+  async #run(
+    promptIds: number[],
+    o: GenerateOptions,
+    extraStops: number[][],
+    onChunk: ((c: GenerateChunk) => void) | null,
+  ): Promise<CompletionResult> {
+    const { opts, stopStrings } = this.#nativeOptions(o, extraStops);
+    if (o.signal?.aborted) throw new AbortError(emptyResult(promptIds.length));
+    const seq = this.createSequence();
+    const tok = this.tokenizer;
+    const decoder = tok ? new TextStreamDecoder(tok) : null;
+    const tokens: number[] = [];
+    let text = '';
+    let emitted = 0; // text.length already handed to onChunk
+    let stoppedByString = false;
+    const holdBack = Math.max(0, ...stopStrings.map((s) => s.length - 1));
+    const nseq = seq.native;
+    const onAbort = () => nseq.abort();
+    o.signal?.addEventListener('abort', onAbort);
+    try {
+      const reason = await new Promise<FinishReason>((resolve, reject) => {
+        nseq.generate(Int32Array.from(promptIds), opts, (kind, a, b) => {
+          if (kind === 'done') {
+            if (a) reject(a);
+            else resolve(stoppedByString ? 'stop' : (b as FinishReason));
+            return;
+          }
+          if (stoppedByString) return;
+          const id = a as number;
+          tokens.push(id);
+          if (b || !decoder) {
+            if (onChunk && !decoder && !b) onChunk({ token: id, text: '' });
+            return;
+          }
+          text += decoder.push(id);
+          for (const s of stopStrings) {
+            const at = text.indexOf(s, Math.max(0, emitted - s.length + 1));
+            if (at >= 0) {
+              text = text.slice(0, at);
+              stoppedByString = true;
+              nseq.abort();
+            }
+          }
+          const safe = stoppedByString ? text.length : Math.max(emitted, text.length - holdBack);
+          if (onChunk) onChunk({ token: id, text: text.slice(emitted, safe) });
+          emitted = safe;
+        });
+      });
+      if (decoder && !stoppedByString) text += decoder.flush();
+      if (onChunk && text.length > emitted) onChunk({ token: tokens[tokens.length - 1] ?? -1, text: text.slice(emitted) });
+      const result: CompletionResult = {
+        text,
+        tokens,
+        finishReason: reason,
+        usage: { promptTokens: promptIds.length, completionTokens: tokens.length, totalTokens: promptIds.length + tokens.length },
+      };
+      if (reason === 'abort') throw new AbortError(result);
+      return result;
+    } finally {
+      o.signal?.removeEventListener('abort', onAbort);
+      seq.dispose();
+    }
+  }
+
+  /** Streams generated text. `prompt` text is encoded as plain text (no control tokens). */
+  generate(prompt: string | readonly number[], options: GenerateOptions = {}): AsyncGenerator<GenerateChunk, CompletionResult> {
+    const ids = this.#promptIds(prompt, 'generate');
+    return this.#stream(options, (o, onChunk) => this.#run(ids, o, [], onChunk));
+  }
+
+  /** Generates to the end and returns the whole completion. */
+  complete(prompt: string | readonly number[], options: GenerateOptions = {}): Promise<CompletionResult> {
+    return this.#run(this.#promptIds(prompt, 'complete'), options, [], null);
+  }
+
+  /**
+   * One chat turn through Qwen's ChatML prompt (make_context): the reply, trimmed as the original
+   * does, and the updated history. With `stream: true`, an async iterator of text chunks whose
+   * return value is the ChatResult.
+   */
+  chat(query: string, options: ChatOptions & { stream: true }): AsyncGenerator<GenerateChunk, ChatResult>;
+  chat(query: string, options?: ChatOptions & { stream?: false }): Promise<ChatResult>;
+  chat(query: string, options: ChatOptions = {}): Promise<ChatResult> | AsyncGenerator<GenerateChunk, ChatResult> {
+    if (typeof query !== 'string') throw new TypeError('chat: query must be a string');
+    const tok = this.#tokenizer('chat');
+    const format: ChatFormat = this.generationConfig.chat_format === 'raw' ? 'raw' : 'chatml';
+    checkNumber('maxWindowSize', options.maxWindowSize, 1, 1 << 24, true);
+    const { tokens } = makeContext(tok, query, {
+      history: options.history,
+      system: options.system,
+      maxWindowSize: options.maxWindowSize ?? this.generationConfig.max_window_size ?? 6144,
+      chatFormat: format,
+    });
+    const stops = chatStopIds(tok, format);
+    const finish = (r: CompletionResult): ChatResult => {
+      const response = decodeReply(tok, r.tokens, format);
+      const history = (options.history ?? []).map((t) => (Array.isArray(t) ? { query: t[0], response: t[1] } : { ...(t as { query: string; response: string }) }));
+      history.push({ query, response });
+      return { ...r, text: response, history };
+    };
+    if (options.stream) return this.#stream(options, (o, onChunk) => this.#run(tokens, o, stops, onChunk).then(finish));
+    return this.#run(tokens, options, stops, null).then(finish);
+  }
+
+  /**
+   * Turns a callback-driven run into an async generator. Leaving the loop early (break, throw)
+   * aborts the generation and frees its sequence.
+   */
+  async *#stream<R>(
+    options: GenerateOptions,
+    run: (o: GenerateOptions, onChunk: (c: GenerateChunk) => void) => Promise<R>,
+  ): AsyncGenerator<GenerateChunk, R> {
+    const queue: GenerateChunk[] = [];
+    let wake: (() => void) | null = null;
+    let finished = false;
+    const ctl = new AbortController();
+    const signal = options.signal ? AbortSignal.any([options.signal, ctl.signal]) : ctl.signal;
+    const p = run({ ...options, signal }, (c) => {
+      queue.push(c);
+      wake?.();
+    }).finally(() => {
+      finished = true;
+      wake?.();
+    });
+    p.catch(() => {}); // observed below, or dropped after an early exit
+    try {
+      for (;;) {
+        while (queue.length) yield queue.shift()!;
+        if (finished) break;
+        await new Promise<void>((r) => (wake = r));
+        wake = null;
+      }
+      return await p;
+    } finally {
+      if (!finished) {
+        ctl.abort();
+        await p.catch(() => {});
+      }
+    }
+  }
+
+  /** Frees the weights and every sequence's cache now; running generations are aborted. */
+  dispose(): void {
+    for (const s of [...this.#sequences]) s.dispose();
+    this.#native?.dispose();
+    this.#native = null;
+  }
+}
+
+function emptyResult(promptTokens: number): CompletionResult {
+  return { text: '', tokens: [], finishReason: 'abort', usage: { promptTokens, completionTokens: 0, totalTokens: promptTokens } };
+}
