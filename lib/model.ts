@@ -19,8 +19,11 @@ export interface LoadOptions {
   contextLength?: number;
   /** CPU worker threads; default all cores. */
   threads?: number;
-  /** KV cache storage: 'float' (default) or 'int8'. */
-  kvCache?: 'float' | 'int8';
+  /**
+   * KV cache storage: 'float', or 'int8' (one uint8 scale/zero per token and head: about 1/4 of
+   * fp32's bytes). Default 'auto': 'int8' when config.json sets use_cache_quantization.
+   */
+  kvCache?: 'auto' | 'float' | 'int8';
   /** A Tokenizer, or the path of a qwen.tiktoken file / folder; default: the checkpoint's own. */
   tokenizer?: Tokenizer | string | null;
   /** Called with the fraction of weight bytes loaded, 0..1. */
@@ -211,8 +214,8 @@ export class Model {
     checkNumber('deviceIndex', o.deviceIndex, 0, 1024, true);
     checkNumber('contextLength', o.contextLength, 1, 1 << 24, true);
     checkNumber('threads', o.threads, 0, 4096, true);
-    if (o.kvCache !== undefined && o.kvCache !== 'float' && o.kvCache !== 'int8')
-      throw new RangeError(`option kvCache must be 'float' or 'int8', got ${String(o.kvCache)}`);
+    if (o.kvCache !== undefined && !['auto', 'float', 'int8'].includes(o.kvCache))
+      throw new RangeError(`option kvCache must be 'auto', 'float' or 'int8', got ${String(o.kvCache)}`);
     const abs = path.resolve(dir);
     if (!fs.existsSync(abs) || !fs.statSync(abs).isDirectory()) throw new Error(`Model.load: ${abs} is not a folder`);
     const addon = native();
@@ -230,7 +233,7 @@ export class Model {
         deviceIndex: o.deviceIndex ?? 0,
         contextLength: o.contextLength ?? 0,
         threads: o.threads ?? 0,
-        kvCache: o.kvCache ?? 'float',
+        kvCache: o.kvCache ?? 'auto',
       },
       onProgress ? (fraction) => onProgress({ fraction }) : undefined,
     );

@@ -18,10 +18,14 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   m->checkpoint_ = Checkpoint::open(dir);
   m->weights_ = bind_weights(*m->checkpoint_, m->cfg_);
   m->context_length_ = opt.context_length > 0 ? opt.context_length : m->cfg_.seq_length;
+  BackendOptions bopt = opt.backend;
+  if (opt.kv_cache == "int8" || (opt.kv_cache == "auto" && m->cfg_.use_cache_quantization)) bopt.kv_cache = KvCacheType::Int8;
+  else if (opt.kv_cache == "float" || opt.kv_cache == "auto") bopt.kv_cache = KvCacheType::Float;
+  else throw Error("kvCache \"" + opt.kv_cache + "\" is not supported (supported: auto, float, int8)");
   if (opt.device == "cpu") {
-    m->backend_ = make_cpu_backend(m->cfg_, m->weights_, opt.backend, progress);
+    m->backend_ = make_cpu_backend(m->cfg_, m->weights_, bopt, progress);
   } else if (opt.device == "cuda") {
-    m->backend_ = make_cuda_backend(m->cfg_, m->weights_, opt.backend, progress);
+    m->backend_ = make_cuda_backend(m->cfg_, m->weights_, bopt, progress);
   } else {
     throw Error("device \"" + opt.device + "\" is not supported (supported: cpu, cuda)");
   }

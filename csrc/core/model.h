@@ -15,6 +15,7 @@ namespace qwen {
 
 struct LoadOptions {
   std::string device = "cpu";  // "cpu" | "cuda"
+  std::string kv_cache = "auto";  // "auto" (config.json's use_cache_quantization) | "float" | "int8"
   BackendOptions backend;
   int context_length = 0;      // 0 = config's seq_length
 };

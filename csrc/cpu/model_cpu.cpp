@@ -1,5 +1,6 @@
 // The CPU backend: SPEC 3's forward pass over weights read straight from the mapped checkpoint
 // (converted row by row to fp32 inside linear), fp32 activations and an fp32 KV cache.
+#include <atomic>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -14,24 +15,66 @@ namespace {
 
 struct CpuCache : KvCache {
   int layers, heads, head_dim;
-  // [L, n, capacity, d], left uninitialized: the OS commits pages as positions fill, so a long
-  // contextLength costs memory only when used.
+  bool int8;
+  // [L, n, capacity, d] (fp32 or uint8), plus [L, n, capacity] scales/zeros for int8. Left
+  // uninitialized: the OS commits pages as positions fill, so a long contextLength costs
+  // memory only when used.
   std::unique_ptr<float[]> k, v;
+  std::unique_ptr<uint8_t[]> kq, vq;
+  std::unique_ptr<float[]> ks, kz, vs, vz;
   size_t count;
-  CpuCache(int L, int n, int d, int cap) : layers(L), heads(n), head_dim(d) {
+  std::shared_ptr<std::atomic<size_t>> live_bytes;  // the backend's count of KV bytes in use
+  CpuCache(int L, int n, int d, int cap, bool quantized, std::shared_ptr<std::atomic<size_t>> live)
+      : layers(L), heads(n), head_dim(d), int8(quantized), live_bytes(std::move(live)) {
     capacity = cap;
     count = size_t(L) * n * size_t(cap) * d;
+    const size_t rows = size_t(L) * n * size_t(cap);
     try {
-      k.reset(new float[count]);
-      v.reset(new float[count]);
+      if (int8) {
+        kq.reset(new uint8_t[count]);
+        vq.reset(new uint8_t[count]);
+        for (auto* p : {&ks, &kz, &vs, &vz}) p->reset(new float[rows]);
+      } else {
+        k.reset(new float[count]);
+        v.reset(new float[count]);
+      }
     } catch (const std::bad_alloc&) {
-      throw Error("out of memory allocating a KV cache of " + std::to_string(2 * count * 4 >> 20) +
+      throw Error("out of memory allocating a KV cache of " + std::to_string(bytes() >> 20) +
                   " MiB (lower contextLength)");
     }
+    *live_bytes += bytes();
   }
-  float* k_layer(int l) { return k.get() + size_t(l) * heads * size_t(capacity) * head_dim; }
-  float* v_layer(int l) { return v.get() + size_t(l) * heads * size_t(capacity) * head_dim; }
-  size_t bytes() const override { return 2 * count * sizeof(float); }
+  ~CpuCache() override { *live_bytes -= bytes(); }
+  size_t layer_offset(int l) const { return size_t(l) * heads * size_t(capacity) * head_dim; }
+  size_t row_offset(int l) const { return size_t(l) * heads * size_t(capacity); }
+  // Writes position `pos`'s K and V rows (each [n, d], after rope) into layer l.
+  void append(int l, int pos, const float* krow, const float* vrow) {
+    for (int h = 0; h < heads; h++) {
+      const size_t r = row_offset(l) + size_t(h) * capacity + size_t(pos);
+      const size_t at = r * head_dim;
+      if (int8) {
+        cpu::kv_quantize_int8(krow + h * head_dim, head_dim, kq.get() + at, &ks[r], &kz[r]);
+        cpu::kv_quantize_int8(vrow + h * head_dim, head_dim, vq.get() + at, &vs[r], &vz[r]);
+      } else {
+        std::memcpy(k.get() + at, krow + h * head_dim, size_t(head_dim) * 4);
+        std::memcpy(v.get() + at, vrow + h * head_dim, size_t(head_dim) * 4);
+      }
+    }
+  }
+  void attention(float* out, const float* q, int64_t q_stride, int l, int T, int pos0, cpu::ThreadPool& pool) const {
+    if (int8) {
+      const size_t lo = layer_offset(l), ro = row_offset(l);
+      cpu::KvInt8 K{kq.get() + lo, ks.get() + ro, kz.get() + ro}, V{vq.get() + lo, vs.get() + ro, vz.get() + ro};
+      cpu::attention_int8(out, q, q_stride, K, V, capacity, T, heads, head_dim, pos0, pool);
+    } else {
+      cpu::attention(out, q, q_stride, k.get() + layer_offset(l), v.get() + layer_offset(l), capacity, T, heads, head_dim,
+                     pos0, pool);
+    }
+  }
+  size_t bytes() const override {
+    const size_t rows = size_t(layers) * heads * size_t(capacity);
+    return int8 ? 2 * count + 4 * rows * sizeof(float) : 2 * count * sizeof(float);
+  }
 };
 
 std::vector<float> to_f32_vector(const Tensor& t) {
@@ -43,8 +86,7 @@ std::vector<float> to_f32_vector(const Tensor& t) {
 class CpuBackend : public Backend {
  public:
   CpuBackend(const ModelConfig& cfg, const ModelWeights& w, const BackendOptions& opt, const ProgressFn& progress)
-      : cfg_(cfg), w_(w), pool_(opt.threads) {
-    if (opt.kv_cache != KvCacheType::Float) throw Error("kvCache \"int8\" is not implemented on the CPU backend yet");
+      : cfg_(cfg), w_(w), pool_(opt.threads), int8_kv_(opt.kv_cache == KvCacheType::Int8) {
     for (const auto& l : w.layers) {
       ln1_.push_back(to_f32_vector(l.ln_1));
       ln2_.push_back(to_f32_vector(l.ln_2));
@@ -72,20 +114,20 @@ class CpuBackend : public Backend {
   std::string name() const override { return "cpu (" + std::to_string(pool_.size()) + " threads)"; }
 
   std::unique_ptr<KvCache> new_cache(int capacity) override {
-    auto c = std::make_unique<CpuCache>(cfg_.num_layers, cfg_.num_heads, cfg_.head_dim, capacity);
-    return c;
+    return std::make_unique<CpuCache>(cfg_.num_layers, cfg_.num_heads, cfg_.head_dim, capacity, int8_kv_, live_kv_);
   }
 
   MemoryReport memory() const override {
     MemoryReport r;
     r.weights = weight_bytes_;
+    r.kv_cache = *live_kv_;
     return r;
   }
 
   void forward(KvCache& base_cache, const int32_t* ids, int T, float* logits, bool all_logits) override {
     CpuCache& cache = static_cast<CpuCache&>(base_cache);
     const int H = cfg_.hidden_size, n = cfg_.num_heads, d = cfg_.head_dim, F = cfg_.ffn_size, V = cfg_.vocab_size;
-    const int pos0 = cache.length, cap = cache.capacity;
+    const int pos0 = cache.length;
     std::vector<float> x(size_t(T) * H), h(size_t(T) * H), qkv(size_t(T) * 3 * H), att(size_t(T) * H), tmp(size_t(T) * H);
     std::vector<float> a(size_t(T) * F), b(size_t(T) * F);
     cpu::embedding(x.data(), w_.wte, ids, T);
@@ -104,14 +146,8 @@ class CpuBackend : public Backend {
           if (s != 1.0f)
             for (int i = 0; i < H; i++) q[int64_t(t) * 3 * H + i] *= s;
         }
-      float* kc = cache.k_layer(l);
-      float* vc = cache.v_layer(l);
-      for (int t = 0; t < T; t++)
-        for (int hh = 0; hh < n; hh++) {
-          std::memcpy(kc + (int64_t(hh) * cap + pos0 + t) * d, k + int64_t(t) * 3 * H + int64_t(hh) * d, size_t(d) * 4);
-          std::memcpy(vc + (int64_t(hh) * cap + pos0 + t) * d, v + int64_t(t) * 3 * H + int64_t(hh) * d, size_t(d) * 4);
-        }
-      cpu::attention(att.data(), q, 3 * H, kc, vc, cap, T, n, d, pos0, pool_);
+      for (int t = 0; t < T; t++) cache.append(l, pos0 + t, k + int64_t(t) * 3 * H, v + int64_t(t) * 3 * H);
+      cache.attention(att.data(), q, 3 * H, l, T, pos0, pool_);
       cpu::linear(tmp.data(), att.data(), lw.attn_c_proj, T, pool_);
       for (size_t i = 0; i < x.size(); i++) x[i] += tmp[i];
       cpu::rmsnorm(h.data(), x.data(), ln2_[size_t(l)].data(), T, H, cfg_.rms_eps);
@@ -135,7 +171,9 @@ class CpuBackend : public Backend {
   cpu::ThreadPool pool_;
   std::vector<std::vector<float>> ln1_, ln2_;
   std::vector<float> lnf_;
+  bool int8_kv_;
   size_t weight_bytes_ = 0;
+  std::shared_ptr<std::atomic<size_t>> live_kv_ = std::make_shared<std::atomic<size_t>>(0);
 };
 
 }  // namespace

@@ -28,6 +28,20 @@ void rope(float* x, int64_t row_stride, int T, int heads, int d, int pos0, doubl
 void attention(float* out, const float* q, int64_t q_stride, const float* k_cache, const float* v_cache, int capacity,
                int T, int n, int d, int pos0, ThreadPool& pool);
 
+// int8 KV cache (SPEC 5, our variant): one asymmetric uint8 scale/zero per (token, head),
+// rounding to nearest: scale = (max - min) / 255, zero = -min / scale, x' = scale * (q - zero).
+void kv_quantize_int8(const float* x, int d, uint8_t* q, float* scale, float* zero);
+
+// Causal attention over an int8 cache: k/v [n, capacity, d] uint8, their scales and zeros
+// [n, capacity]; otherwise as attention().
+struct KvInt8 {
+  const uint8_t* q;
+  const float* scale;
+  const float* zero;
+};
+void attention_int8(float* out, const float* q, int64_t q_stride, const KvInt8& k, const KvInt8& v, int capacity,
+                    int T, int n, int d, int pos0, ThreadPool& pool);
+
 // out[i] = a[i] * silu(b[i])  (Qwen: w1(h) * silu(w2(h)))
 void swiglu(float* out, const float* a, const float* b, int64_t count);
 

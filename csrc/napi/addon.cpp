@@ -107,9 +107,7 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
     opt.backend.threads = int_opt(o, "threads", 0);
     opt.backend.device_index = int_opt(o, "deviceIndex", 0);
     opt.context_length = int_opt(o, "contextLength", 0);
-    std::string kv = str_opt(o, "kvCache", "float");
-    if (kv == "int8") opt.backend.kv_cache = KvCacheType::Int8;
-    else if (kv != "float") throw Napi::TypeError::New(env, "option kvCache must be \"float\" or \"int8\"");
+    opt.kv_cache = str_opt(o, "kvCache", "auto");
   }
   auto* job = new LoadJob(env);
   job->dir = info[0].As<Napi::String>().Utf8Value();
