@@ -216,15 +216,20 @@ export class Model {
     checkNumber('threads', o.threads, 0, 4096, true);
     if (o.kvCache !== undefined && !['auto', 'float', 'int8'].includes(o.kvCache))
       throw new RangeError(`option kvCache must be 'auto', 'float' or 'int8', got ${String(o.kvCache)}`);
+    if (o.onProgress !== undefined && typeof o.onProgress !== 'function') throw new TypeError('option onProgress must be a function');
+    if (o.tokenizer !== undefined && o.tokenizer !== null && typeof o.tokenizer !== 'string' && !(o.tokenizer instanceof Tokenizer))
+      throw new TypeError('option tokenizer must be a Tokenizer, a path, or null');
     const abs = path.resolve(dir);
     if (!fs.existsSync(abs) || !fs.statSync(abs).isDirectory()) throw new Error(`Model.load: ${abs} is not a folder`);
     const addon = native();
     const useCuda = device === 'cuda' || (device === 'auto' && addon.cudaCompiled() && addon.cudaDeviceCount() > 0);
     const gen = (readJsonIfExists(path.join(abs, 'generation_config.json')) ?? {}) as GenerationConfig;
-    let tok: Tokenizer | null = null;
-    if (o.tokenizer instanceof Tokenizer) tok = o.tokenizer;
-    else if (typeof o.tokenizer === 'string') tok = await Tokenizer.load(o.tokenizer);
-    else if (o.tokenizer === undefined && fs.existsSync(path.join(abs, 'qwen.tiktoken'))) tok = await Tokenizer.load(abs);
+    // The tokenizer parses while the native side loads the weights.
+    let tokLoad: Promise<Tokenizer | null> = Promise.resolve(null);
+    if (o.tokenizer instanceof Tokenizer) tokLoad = Promise.resolve(o.tokenizer);
+    else if (typeof o.tokenizer === 'string') tokLoad = Tokenizer.load(o.tokenizer);
+    else if (o.tokenizer === undefined && fs.existsSync(path.join(abs, 'qwen.tiktoken'))) tokLoad = Tokenizer.load(abs);
+    tokLoad.catch(() => {}); // awaited below, after the weights
     const onProgress = o.onProgress;
     const nm = await addon.loadModel(
       abs,
@@ -237,6 +242,13 @@ export class Model {
       },
       onProgress ? (fraction) => onProgress({ fraction }) : undefined,
     );
+    let tok: Tokenizer | null;
+    try {
+      tok = await tokLoad;
+    } catch (err) {
+      nm.dispose();
+      throw err;
+    }
     return new Model(abs, nm, gen, tok);
   }
 
@@ -390,7 +402,7 @@ export class Model {
   }
 
   /** Generates to the end and returns the whole completion. */
-  complete(prompt: string | readonly number[], options: GenerateOptions = {}): Promise<CompletionResult> {
+  async complete(prompt: string | readonly number[], options: GenerateOptions = {}): Promise<CompletionResult> {
     return this.#run(this.#promptIds(prompt, 'complete'), options, [], null);
   }
 
@@ -402,6 +414,20 @@ export class Model {
   chat(query: string, options: ChatOptions & { stream: true }): AsyncGenerator<GenerateChunk, ChatResult>;
   chat(query: string, options?: ChatOptions & { stream?: false }): Promise<ChatResult>;
   chat(query: string, options: ChatOptions = {}): Promise<ChatResult> | AsyncGenerator<GenerateChunk, ChatResult> {
+    // Bad input throws at once for the streaming form (like generate) and rejects otherwise.
+    let turn: ReturnType<Model['chatTurn']>;
+    try {
+      turn = this.chatTurn(query, options);
+    } catch (err) {
+      if (options.stream) throw err;
+      return Promise.reject(err);
+    }
+    const { tokens, stops, finish } = turn;
+    if (options.stream) return this.#stream(options, (o, onChunk) => this.#run(tokens, o, stops, onChunk).then(finish));
+    return this.#run(tokens, options, stops, null).then(finish);
+  }
+
+  private chatTurn(query: string, options: ChatOptions) {
     if (typeof query !== 'string') throw new TypeError('chat: query must be a string');
     const tok = this.#tokenizer('chat');
     const format: ChatFormat = this.generationConfig.chat_format === 'raw' ? 'raw' : 'chatml';
@@ -419,8 +445,7 @@ export class Model {
       history.push({ query, response });
       return { ...r, text: response, history };
     };
-    if (options.stream) return this.#stream(options, (o, onChunk) => this.#run(tokens, o, stops, onChunk).then(finish));
-    return this.#run(tokens, options, stops, null).then(finish);
+    return { tokens, stops, finish };
   }
 
   /**

@@ -35,16 +35,19 @@ interface Vocab {
   offsets: Uint32Array;
 }
 
-function parseVocab(text: string, file: string, specials: Map<string, number>): Vocab {
+// Yields every few thousand lines so the async loader can let the event loop turn: parsing the
+// 151643-line vocabulary takes a few hundred milliseconds.
+function* parseVocabSteps(text: string, file: string, specials: Map<string, number>): Generator<void, Vocab> {
   const bad = (msg: string) => new Error(`Corrupt tokenizer file ${file}: ${msg}`);
   const lines = text.split('\n');
   const ranks: number[] = [];
   const pieces: Buffer[] = [];
   const canonical: string[] = [];
   let maxRank = -1;
-  lines.forEach((raw, lineNo) => {
-    const line = raw.trim();
-    if (!line) return;
+  for (let lineNo = 0; lineNo < lines.length; lineNo++) {
+    if (lineNo % 8192 === 8191) yield;
+    const line = lines[lineNo].trim();
+    if (!line) continue;
     const parts = line.split(/\s+/);
     if (parts.length !== 2) {
       // A git checkout without symlink support leaves the link target as the file's whole content.
@@ -60,8 +63,9 @@ function parseVocab(text: string, file: string, specials: Map<string, number>): 
     pieces.push(Buffer.from(b64, 'base64'));
     canonical.push(`${b64} ${rank}`);
     if (rank > maxRank) maxRank = rank;
-  });
+  }
   if (ranks.length === 0) throw bad('no tokens');
+  yield;
 
   const specialBytes = new Map<number, Buffer>();
   for (const [name, id] of specials) specialBytes.set(id, Buffer.from(name, 'utf8'));
@@ -98,9 +102,8 @@ export class Tokenizer {
   private enc: Tiktoken | null;
   private readonly vocab: Vocab;
 
-  private constructor(file: string, text: string) {
-    const specials = qwenSpecialTokens();
-    this.vocab = parseVocab(text, file, specials);
+  private constructor(file: string, vocab: Vocab, specials: Map<string, number>) {
+    this.vocab = vocab;
     this.enc = new Tiktoken(this.vocab.bpeText, Object.fromEntries(specials), PAT_STR);
     this.path = file;
     this.specialTokens = specials;
@@ -130,7 +133,14 @@ export class Tokenizer {
     } catch (err) {
       throw Tokenizer.readError(file, err);
     }
-    return new Tokenizer(file, text);
+    const specials = qwenSpecialTokens();
+    const steps = parseVocabSteps(text, file, specials);
+    let r = steps.next();
+    while (!r.done) {
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      r = steps.next();
+    }
+    return new Tokenizer(file, r.value, specials);
   }
 
   static fromFile(dirOrFile: string): Tokenizer {
@@ -142,7 +152,11 @@ export class Tokenizer {
     } catch (err) {
       throw Tokenizer.readError(file, err);
     }
-    return new Tokenizer(file, text);
+    const specials = qwenSpecialTokens();
+    const steps = parseVocabSteps(text, file, specials);
+    let r = steps.next();
+    while (!r.done) r = steps.next();
+    return new Tokenizer(file, r.value, specials);
   }
 
   /**

@@ -71,6 +71,8 @@ const CONFIGS = [
   { label: 'temperature 0.7', opts: { temperature: 0.7, topK: 0, topP: 1, repetitionPenalty: 1 } },
   { label: 'top-k 12', opts: { temperature: 0.5, topK: 12, topP: 1, repetitionPenalty: 1 } },
   { label: 'top-p 0.6', opts: { temperature: 0.4, topK: 0, topP: 0.6, repetitionPenalty: 1 } },
+  // Keeps hundreds of ids: exercises the sampler's growing partial sort past its first 64.
+  { label: 'top-p 0.95 (wide)', opts: { temperature: 1.5, topK: 0, topP: 0.95, repetitionPenalty: 1 } },
   { label: 'repetition penalty 3 + top-k 40', opts: { temperature: 0.5, topK: 40, topP: 1, repetitionPenalty: 3 } },
 ];
 

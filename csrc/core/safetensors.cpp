@@ -70,8 +70,11 @@ void Checkpoint::add_file(const std::string& path, const std::vector<std::string
   const uint8_t* base = f.data() + 8 + hlen;
   size_t data_size = f.size() - 8 - size_t(hlen);
   size_t file_index = files_.size();
-  std::vector<std::pair<size_t, size_t>> spans;
-  std::map<size_t, std::string> span_names;
+  struct Span {
+    size_t begin, end;
+    std::string name;
+  };
+  std::vector<Span> spans;
   for (const auto& [name, e] : header.object) {
     if (name == "__metadata__") continue;
     std::string where = path + ": tensor " + name;
@@ -101,18 +104,15 @@ void Checkpoint::add_file(const std::string& path, const std::vector<std::string
       throw Error(where + ": data_offsets end " + std::to_string(end) + " lies past the end of the data (" +
                   std::to_string(data_size) + " bytes; the file is truncated or the header is wrong)");
     t.data = base + begin;
-    if (end > begin) {
-      spans.emplace_back(begin, end);
-      span_names[begin] = name;
-    }
+    if (end > begin) spans.push_back(Span{begin, end, name});
     if (only && std::find(only->begin(), only->end(), name) == only->end()) continue;
     if (tensors_.count(name)) throw Error(where + ": tensor appears in more than one file");
     tensors_[name] = Entry{std::move(t), file_index};
   }
-  std::sort(spans.begin(), spans.end());
+  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.begin < b.begin; });
   for (size_t i = 1; i < spans.size(); i++)
-    if (spans[i].first < spans[i - 1].second)
-      throw Error(path + ": tensors " + span_names[spans[i - 1].first] + " and " + span_names[spans[i].first] +
+    if (spans[i].begin < spans[i - 1].end)
+      throw Error(path + ": tensors " + spans[i - 1].name + " and " + spans[i].name +
                   " overlap in the file (the header lies about data_offsets)");
   files_.push_back(std::move(file));
 }

@@ -51,8 +51,7 @@ int32_t sample_token(float* logits, int vocab, const SamplingOptions& opt, const
   if (opt.temperature != 1.0f)
     for (int i = 0; i < vocab; i++) logits[i] /= opt.temperature;
 
-  // Candidates sorted by logit, descending; top-k keeps every id tied with the k-th (as HF's
-  // `scores < kth_value` test does).
+  // Candidates: top-k keeps every id tied with the k-th (as HF's `scores < kth_value` test does).
   std::vector<int32_t> idx(static_cast<size_t>(vocab));
   std::iota(idx.begin(), idx.end(), 0);
   size_t keep = size_t(vocab);
@@ -63,26 +62,40 @@ int32_t sample_token(float* logits, int vocab, const SamplingOptions& opt, const
     auto mid = std::partition(idx.begin(), idx.end(), [&](int32_t a) { return logits[a] >= kth; });
     keep = size_t(mid - idx.begin());
   }
-  std::sort(idx.begin(), idx.begin() + long(keep), [&](int32_t a, int32_t b) {
-    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-  });
-  float mx = logits[idx[0]];
-  std::vector<double> p(keep);
-  double sum = 0;
-  for (size_t i = 0; i < keep; i++) sum += p[i] = std::exp(double(logits[idx[i]] - mx));
+  float mx = -INFINITY;
+  for (size_t i = 0; i < keep; i++) mx = std::max(mx, logits[idx[i]]);
+  double total = 0;
+  for (size_t i = 0; i < keep; i++) total += std::exp(double(logits[idx[i]] - mx));
+  std::vector<double> p;
+  double sum = total;
   if (opt.top_p < 1.0f) {
     // HF sorts ascending and drops the tokens whose cumulative probability is <= 1 - top_p,
-    // keeping at least the most likely one. Walking from the least likely token up:
-    double cum = 0, cut = 1.0 - double(opt.top_p);
-    size_t n = keep;
+    // keeping at least the most likely one. Only the head that holds more than top_p of the
+    // mass can survive, so sort a growing prefix instead of the whole vocabulary.
+    auto by_logit = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
+    size_t m = std::min(keep, size_t(64));
+    double head = 0;
+    for (;;) {
+      std::partial_sort(idx.begin(), idx.begin() + long(m), idx.begin() + long(keep), by_logit);
+      p.resize(m);
+      head = 0;
+      for (size_t i = 0; i < m; i++) head += p[i] = std::exp(double(logits[idx[i]] - mx));
+      if (m == keep || head / total > double(opt.top_p)) break;
+      m = std::min(keep, m * 4);
+    }
+    double cum = (total - head) / total, cut = 1.0 - double(opt.top_p);  // the unsorted tail is all dropped
+    size_t n = m;
     while (n > 1) {
-      cum += p[n - 1] / sum;
+      cum += p[n - 1] / total;
       if (cum > cut) break;
       n--;
     }
     keep = n;
     sum = 0;
     for (size_t i = 0; i < keep; i++) sum += p[i];
+  } else {
+    p.resize(keep);
+    for (size_t i = 0; i < keep; i++) p[i] = std::exp(double(logits[idx[i]] - mx));
   }
   double u = rng.uniform() * sum;
   for (size_t i = 0; i < keep; i++) {
