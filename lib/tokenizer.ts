@@ -99,12 +99,14 @@ export class Tokenizer {
   readonly vocabSize: number;
   readonly specialTokens: ReadonlyMap<string, number>;
   readonly path: string;
-  private enc: Tiktoken | null;
+  // Built on first encode: npm tiktoken's WASM constructor takes ~100 ms on one thread, which
+  // would otherwise stall the event loop inside every Model.load.
+  private enc: Tiktoken | null | undefined = undefined;
+  private freed = false;
   private readonly vocab: Vocab;
 
   private constructor(file: string, vocab: Vocab, specials: Map<string, number>) {
     this.vocab = vocab;
-    this.enc = new Tiktoken(this.vocab.bpeText, Object.fromEntries(specials), PAT_STR);
     this.path = file;
     this.specialTokens = specials;
     this.eodId = specials.get(ENDOFTEXT)!;
@@ -164,7 +166,8 @@ export class Tokenizer {
    * Never throws on special-token text, unlike tiktoken's own default.
    */
   encode(text: string, opts: { allowSpecial?: boolean } = {}): number[] {
-    if (!this.enc) throw new Error('Tokenizer has been freed');
+    if (this.freed) throw new Error('Tokenizer has been freed');
+    this.enc ??= new Tiktoken(this.vocab.bpeText, Object.fromEntries(this.specialTokens), PAT_STR);
     const nfc = text.normalize('NFC');
     const ids = opts.allowSpecial ? this.enc.encode(nfc, 'all', []) : this.enc.encode_ordinary(nfc);
     return Array.from(ids);
@@ -205,6 +208,7 @@ export class Tokenizer {
   free(): void {
     this.enc?.free();
     this.enc = null;
+    this.freed = true;
   }
 }
 

@@ -36,7 +36,8 @@ const cudaMode = process.env.QWEN_CUDA || (nvcc ? 'ON' : 'OFF');
 log(`building from source with cmake-js (${cudaMode === 'OFF' ? 'CPU backend only: no nvcc found' : `CPU + CUDA backends, nvcc ${nvcc}`})`);
 
 const cmakeJs = require.resolve('cmake-js/bin/cmake-js');
-const args = [cmakeJs, 'compile', '--directory', root, `--CDQWEN_CUDA=${cudaMode}`];
+// 'compile' reuses an existing configuration (and ignores new -D values); --force starts clean.
+const args = [cmakeJs, force ? 'rebuild' : 'compile', '--directory', root, `--CDQWEN_CUDA=${cudaMode}`];
 if (nvcc && cudaMode !== 'OFF') args.push(`--CDCMAKE_CUDA_COMPILER=${nvcc}`);
 if (process.env.QWEN_CUDA_ARCHS) args.push(`--CDCMAKE_CUDA_ARCHITECTURES=${process.env.QWEN_CUDA_ARCHS}`);
 const jobs = process.env.CMAKE_BUILD_PARALLEL_LEVEL || String(require('node:os').availableParallelism?.() || 2);

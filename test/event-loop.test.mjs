@@ -143,6 +143,9 @@ describe('chat-tiny-bf16 (vocab 151936)', () => {
     // The checkpoint's own qwen.tiktoken is a link placeholder: load the real file.
     tok = await Tokenizer.load(fixture('tokenizer'));
     model = await Model.load(fixture('chat-tiny-bf16'), { device, tokenizer: tok, contextLength: 1024 });
+    // The first encode builds npm tiktoken's BPE tables (~0.1 s on the JS thread, once per
+    // Tokenizer); do it here so the timed runs below measure generation.
+    tok.encode('warm-up');
   });
   after(() => model?.dispose());
 
@@ -203,10 +206,9 @@ describe('chat-tiny-bf16 (vocab 151936)', () => {
     const r = tk.stop();
     try {
       assert.ok(m.tokenizer, 'the tokenizer was not loaded');
-      // The vocabulary is parsed in slices between event-loop turns; what remains in one piece is
-      // npm tiktoken's WASM constructor (~90 ms here), so only the absolute bound applies.
-      t.diagnostic(`load with tokenizer: ${r.duration.toFixed(0)} ms, ${r.ticks} ticks, max gap ${r.maxGap.toFixed(1)} ms`);
-      assert.ok(r.maxGap < MAX_GAP, `load with tokenizer: the event loop stalled for ${r.maxGap.toFixed(0)} ms`);
+      // The vocabulary is parsed in slices between event-loop turns (tiktoken's WASM tables are
+      // built later, at the first encode).
+      assertResponsive(t, 'load with tokenizer', r);
     } finally {
       m.dispose();
     }

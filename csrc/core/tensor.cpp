@@ -36,30 +36,6 @@ float f16_to_f32(uint16_t h) {
   return f;
 }
 
-uint16_t f32_to_f16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  uint32_t sign = (u >> 16) & 0x8000u;
-  uint32_t au = u & 0x7fffffffu;
-  if (au > 0x7f800000u) return uint16_t(sign | 0x7e00u);
-  if (au >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // overflow -> inf
-  if (au < 0x38800000u) {                                     // subnormal or zero in fp16
-    if (au < 0x33000000u) return uint16_t(sign);
-    uint32_t e = au >> 23;
-    uint32_t man = (au & 0x7fffffu) | 0x800000u;
-    uint32_t shift = 126 - e;  // 14 + (113 - e) - 1 ... maps to fp16 subnormal scale
-    uint32_t r = man >> (shift - 10 + 0);
-    // round to nearest even on the bits shifted out
-    uint32_t rem = man & ((1u << (shift - 10)) - 1u);
-    uint32_t half = 1u << (shift - 11);
-    if (rem > half || (rem == half && (r & 1u))) r++;
-    return uint16_t(sign | r);
-  }
-  uint32_t r = au + 0xfffu + ((au >> 13) & 1u);  // round mantissa to 10 bits
-  r -= 112u << 23;
-  return uint16_t(sign | (r >> 13));
-}
-
 void to_f32(DType t, const void* src, float* dst, size_t n) {
   switch (t) {
     case DType::F32:

@@ -55,7 +55,6 @@ inline uint16_t f32_to_bf16(float f) {
   return uint16_t(u >> 16);
 }
 float f16_to_f32(uint16_t h);
-uint16_t f32_to_f16(float f);
 
 // Converts n elements of `src` (F32/BF16/F16) to fp32.
 void to_f32(DType t, const void* src, float* dst, size_t n);
