@@ -1,0 +1,202 @@
+// Prefill attention: tiled causal flash attention on tensor cores, any pos0 (a non-empty cache:
+// chunked prefill equals one-shot prefill).
+// q [T, n, d] (bf16/fp16) at positions pos0..pos0+T-1; K/V cache [n, cap, d] already holding
+// positions 0..pos0+T-1; query t sees keys 0..pos0+t. out [T, n, d].
+// Design (FlashAttention-2 style): grid (ceil(T/64), n), 4 warps; a block owns 64 query rows of
+// one head, each warp 16 rows whose Q fragments stay in registers. Key/value tiles of 64 rows
+// stream through a 2-deep cp.async double buffer. S = Q K^T and O += P V are mma.sync.m16n8k16
+// with fp32 accumulators; the S accumulators are re-packed in registers as the A operand of
+// P V (P rounded to bf16/fp16 there, as FlashAttention does); V's B operand comes from ldmatrix
+// .trans. Softmax is online, in fp32 and base 2 (scores pre-multiplied by log2(e)/sqrt(d)); the
+// row max is reduced over the 4 lanes of a quad, the row sum is kept per lane and reduced once at
+// the end. Rows are padded by 16 bytes in shared memory (conflict-free ldmatrix).
+// Limits: d = 64 or 128 (shared memory 46 KB / 87 KB); other head sizes use attention_decode's
+// split kernel (see model_cuda.cu).
+#include <cmath>
+
+#include "ops.cuh"
+
+namespace qwen::cuda {
+
+namespace {
+
+constexpr int BQ = 64, BKV = 64, kThreads = 128;
+template <int D> constexpr int smem_bytes() { return (BQ + 4 * BKV) * (D + 8) * 2; }
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads)
+    flash_prefill_kernel(T* __restrict__ out, const T* __restrict__ q, const T* __restrict__ kc,
+                         const T* __restrict__ vc, int cap, int pos0, int T_, int n, float scale_log2) {
+  constexpr int LD = D + 8, CPR = D / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);  // [BQ][LD]
+  T* sK = sQ + BQ * LD;                    // [2][BKV][LD]
+  T* sV = sK + 2 * BKV * LD;               // [2][BKV][LD]
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int h = blockIdx.y, t0 = blockIdx.x * BQ;
+  const int q_rows = min(BQ, T_ - t0);
+  const int kv_len = pos0 + t0 + q_rows;  // this block needs keys 0..kv_len-1
+  const int ntiles = (kv_len + BKV - 1) / BKV;
+  const T* Kh = kc + int64_t(h) * cap * D;
+  const T* Vh = vc + int64_t(h) * cap * D;
+
+  for (int c = tid; c < BQ * CPR; c += kThreads) {
+    const int r = c / CPR, col = (c % CPR) * 8;
+    const bool p = r < q_rows;
+    cp_async16(sQ + r * LD + col, p ? q + (int64_t(t0 + r) * n + h) * D + col : q, p);
+  }
+  auto load_kv = [&](int buf, int tile) {
+    const int k0 = tile * BKV;
+    for (int c = tid; c < BKV * CPR; c += kThreads) {
+      const int r = c / CPR, col = (c % CPR) * 8;
+      const bool p = k0 + r < kv_len;
+      const int64_t off = int64_t(k0 + r) * D + col;
+      cp_async16(sK + (buf * BKV + r) * LD + col, p ? Kh + off : Kh, p);
+      cp_async16(sV + (buf * BKV + r) * LD + col, p ? Vh + off : Vh, p);
+    }
+  };
+  load_kv(0, 0);
+  cp_async_commit();
+
+  uint32_t qf[D / 16][4];
+  float o[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; i++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) o[i][e] = 0.0f;
+  float m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0.0f, 0.0f};
+  const int qrow = warp * 16 + lane / 4;                    // this lane's rows: qrow, qrow + 8
+  const int qpos[2] = {pos0 + t0 + qrow, pos0 + t0 + qrow + 8};
+
+  for (int j = 0; j < ntiles; j++) {
+    if (j + 1 < ntiles) {
+      load_kv((j + 1) & 1, j + 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    if (j == 0) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++) ldmatrix_x4(qf[kk], sQ + (warp * 16 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
+    }
+    const T* Kt = sK + (j & 1) * BKV * LD;
+    const T* Vt = sV + (j & 1) * BKV * LD;
+
+    // S = Q K^T for this warp's 16 rows x 64 keys.
+    float s[8][4];
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) s[i][e] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++)
+#pragma unroll
+      for (int np = 0; np < 4; np++) {
+        uint32_t r[4];
+        ldmatrix_x4(r, Kt + (np * 16 + lane % 8 + (lane / 16) * 8) * LD + kk * 16 + ((lane / 8) % 2) * 8);
+        mma16816<T>(s[2 * np], qf[kk], r[0], r[1]);
+        mma16816<T>(s[2 * np + 1], qf[kk], r[2], r[3]);
+      }
+
+    // Scale, causal mask, online softmax (fp32, base 2).
+    const int k0 = j * BKV;
+    float mx[2] = {m_r[0], m_r[1]};
+#pragma unroll
+    for (int ni = 0; ni < 8; ni++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int key = k0 + ni * 8 + (lane % 4) * 2 + (e & 1), hf = e / 2;
+        const float v = key > qpos[hf] ? -INFINITY : s[ni][e] * scale_log2;
+        s[ni][e] = v;
+        mx[hf] = fmaxf(mx[hf], v);
+      }
+    float corr[2], rs[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+      mx[hf] = fmaxf(mx[hf], __shfl_xor_sync(0xffffffffu, mx[hf], 1));
+      mx[hf] = fmaxf(mx[hf], __shfl_xor_sync(0xffffffffu, mx[hf], 2));
+      corr[hf] = exp2f(m_r[hf] - mx[hf]);  // m_r = -inf on the first tile: 0
+      m_r[hf] = mx[hf];
+    }
+#pragma unroll
+    for (int ni = 0; ni < 8; ni++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const float p = exp2f(s[ni][e] - m_r[e / 2]);
+        s[ni][e] = p;
+        rs[e / 2] += p;
+      }
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) l_r[hf] = l_r[hf] * corr[hf] + rs[hf];
+#pragma unroll
+    for (int di = 0; di < D / 8; di++) {
+      o[di][0] *= corr[0];
+      o[di][1] *= corr[0];
+      o[di][2] *= corr[1];
+      o[di][3] *= corr[1];
+    }
+
+    // O += P V: the S accumulators of key tiles 2c, 2c+1 are the A fragment of key chunk c.
+#pragma unroll
+    for (int c = 0; c < 4; c++) {
+      uint32_t a[4];
+      a[0] = pack2<T>(s[2 * c][0], s[2 * c][1]);
+      a[1] = pack2<T>(s[2 * c][2], s[2 * c][3]);
+      a[2] = pack2<T>(s[2 * c + 1][0], s[2 * c + 1][1]);
+      a[3] = pack2<T>(s[2 * c + 1][2], s[2 * c + 1][3]);
+#pragma unroll
+      for (int dp = 0; dp < D / 16; dp++) {
+        uint32_t r[4];
+        ldmatrix_x4_trans(r, Vt + (c * 16 + lane % 8 + ((lane / 8) % 2) * 8) * LD + dp * 16 + (lane / 16) * 8);
+        mma16816<T>(o[2 * dp], a, r[0], r[1]);
+        mma16816<T>(o[2 * dp + 1], a, r[2], r[3]);
+      }
+    }
+    __syncthreads();  // everyone is done with buffer j&1 before it is refilled
+  }
+
+#pragma unroll
+  for (int hf = 0; hf < 2; hf++) {
+    l_r[hf] += __shfl_xor_sync(0xffffffffu, l_r[hf], 1);
+    l_r[hf] += __shfl_xor_sync(0xffffffffu, l_r[hf], 2);
+  }
+#pragma unroll
+  for (int hf = 0; hf < 2; hf++) {
+    const int t = t0 + qrow + hf * 8;
+    if (t >= T_) continue;
+    const float inv = 1.0f / l_r[hf];
+    T* dst = out + (int64_t(t) * n + h) * D + (lane % 4) * 2;
+#pragma unroll
+    for (int di = 0; di < D / 8; di++)
+      *reinterpret_cast<uint32_t*>(dst + di * 8) = pack2<T>(o[di][2 * hf] * inv, o[di][2 * hf + 1] * inv);
+  }
+}
+
+template <typename T, int D>
+void launch_flash(void* out, const void* q, const void* k_cache, const void* v_cache, int cap, int pos0, int rows,
+                  int n, cudaStream_t s) {
+  constexpr int smem = smem_bytes<D>();
+  CK(cudaFuncSetAttribute(flash_prefill_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  const float scale_log2 = float(1.0 / std::sqrt(double(D)) * 1.4426950408889634);
+  flash_prefill_kernel<T, D><<<dim3(ceil_div(rows, BQ), n), kThreads, smem, s>>>(
+      static_cast<T*>(out), static_cast<const T*>(q), static_cast<const T*>(k_cache), static_cast<const T*>(v_cache),
+      cap, pos0, rows, n, scale_log2);
+  CK_LAUNCH("flash_prefill_kernel");
+}
+
+}  // namespace
+
+void attention_prefill(void* out, const void* q, const void* k_cache, const void* v_cache, int cap, int pos0, int T,
+                       int n, int d, DT dt, cudaStream_t s) {
+  if (d == 64) {
+    QWEN_DISPATCH_DT(dt, E, launch_flash<E, 64>(out, q, k_cache, v_cache, cap, pos0, T, n, s));
+  } else if (d == 128) {
+    QWEN_DISPATCH_DT(dt, E, launch_flash<E, 128>(out, q, k_cache, v_cache, cap, pos0, T, n, s));
+  } else {
+    throw Error("cuda: attention_prefill supports head_dim 64 and 128 (got " + std::to_string(d) + ")");
+  }
+}
+
+}  // namespace qwen::cuda

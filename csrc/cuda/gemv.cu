@@ -1,0 +1,159 @@
+// Decode-step (T == 1) matrix-vector products, bandwidth-bound: every weight byte is read once.
+// gemv:        y [N] fp32 (+)= W [N, K] x [K] + b    (W, x bf16/fp16; b fp32 or null)
+// gemv_swiglu: g [F] = (W1 x + b1) * silu(W2 x + b2) over the stacked W12 = [W1; W2] [2F, K]
+// Layout and limits: W row-major [N, K] with K % 8 == 0 and 16-byte aligned rows (checked by the
+// launcher). Design: a block of 256 threads owns R = 4 weight rows and splits K across all its
+// threads (block-level split-K, reduced in shared memory, deterministic), so a small N still
+// spreads over every SM and a large N (the 151936-row lm_head) simply gives many blocks. Each
+// thread issues 16-byte non-caching loads, two chunks per row per iteration: 2 R = 8 loads in
+// flight before the first FMA. x (at most a few KB) is re-read through L1/L2.
+#include "ops.cuh"
+
+namespace qwen::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T, int R>
+__device__ __forceinline__ void block_dot_rows(const T* const (&w)[R], const T* __restrict__ x, int K,
+                                               float (&acc)[R]) {
+#pragma unroll
+  for (int r = 0; r < R; r++) acc[r] = 0.0f;
+  const int stride = kThreads * 8;
+  int k = threadIdx.x * 8;
+  for (; k + stride < K; k += 2 * stride) {
+    const uint4 xa = *reinterpret_cast<const uint4*>(x + k);
+    const uint4 xb = *reinterpret_cast<const uint4*>(x + k + stride);
+    uint4 wa[R], wb[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      wa[r] = ld_stream(w[r] + k);
+      wb[r] = ld_stream(w[r] + k + stride);
+    }
+    float xf[8], wf[8];
+    unpack8<T>(xa, xf);
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      unpack8<T>(wa[r], wf);
+#pragma unroll
+      for (int i = 0; i < 8; i++) acc[r] = fmaf(wf[i], xf[i], acc[r]);
+    }
+    unpack8<T>(xb, xf);
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      unpack8<T>(wb[r], wf);
+#pragma unroll
+      for (int i = 0; i < 8; i++) acc[r] = fmaf(wf[i], xf[i], acc[r]);
+    }
+  }
+  if (k < K) {
+    float xf[8], wf[8];
+    unpack8<T>(*reinterpret_cast<const uint4*>(x + k), xf);
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      unpack8<T>(ld_stream(w[r] + k), wf);
+#pragma unroll
+      for (int i = 0; i < 8; i++) acc[r] = fmaf(wf[i], xf[i], acc[r]);
+    }
+  }
+  // Block reduction: warps, then warp 0; the totals end in thread 0.
+  __shared__ float red[R][kThreads / 32];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    float v = warp_sum(acc[r]);
+    if (lane == 0) red[r][warp] = v;
+  }
+  __syncthreads();
+  if (warp == 0) {
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      float v = lane < kThreads / 32 ? red[r][lane] : 0.0f;
+      acc[r] = warp_sum(v);
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) gemv_kernel(float* __restrict__ y, const T* __restrict__ x,
+                                                        const T* __restrict__ W, const float* __restrict__ b, int N,
+                                                        int K, bool accumulate) {
+  constexpr int R = 4;
+  const int n0 = blockIdx.x * R;
+  const T* w[R];
+#pragma unroll
+  for (int r = 0; r < R; r++) w[r] = W + int64_t(min(n0 + r, N - 1)) * K;
+  float acc[R];
+  block_dot_rows<T, R>(w, x, K, acc);
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      const int n = n0 + r;
+      if (n < N) {
+        float v = acc[r] + (b ? b[n] : 0.0f);
+        y[n] = accumulate ? y[n] + v : v;
+      }
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) gemv_swiglu_kernel(T* __restrict__ g, const T* __restrict__ x,
+                                                               const T* __restrict__ W12,
+                                                               const float* __restrict__ b12, int F, int K) {
+  // Two features per block: rows f, f+1 of W1 and the same rows of W2.
+  const int f0 = blockIdx.x * 2;
+  const int fa = f0, fb = min(f0 + 1, F - 1);
+  const T* w[4] = {W12 + int64_t(fa) * K, W12 + int64_t(fb) * K, W12 + int64_t(F + fa) * K, W12 + int64_t(F + fb) * K};
+  float acc[4];
+  block_dot_rows<T, 4>(w, x, K, acc);
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      const int f = f0 + r;
+      if (f < F) {
+        const float a = acc[r] + (b12 ? b12[f] : 0.0f);
+        const float bb = acc[2 + r] + (b12 ? b12[F + f] : 0.0f);
+        g[f] = from_f<T>(a * (bb / (1.0f + expf(-bb))));
+      }
+    }
+  }
+}
+
+void check_gemv_shape(const void* x, const void* W, int K, const char* what) {
+  if (K % 8 != 0 || (reinterpret_cast<uintptr_t>(W) & 15) || (reinterpret_cast<uintptr_t>(x) & 15))
+    throw Error(std::string("cuda: ") + what + " needs K % 8 == 0 and 16-byte aligned operands (K = " +
+                std::to_string(K) + ")");
+}
+
+}  // namespace
+
+void gemv(float* y, const void* x, const void* W, const float* b, int N, int K, bool accumulate, DT dt,
+          cudaStream_t s) {
+  check_gemv_shape(x, W, K, "gemv");
+  const int blocks = ceil_div(N, 4);
+  QWEN_DISPATCH_DT(dt, E,
+                   gemv_kernel<E><<<blocks, kThreads, 0, s>>>(y, static_cast<const E*>(x), static_cast<const E*>(W), b,
+                                                              N, K, accumulate));
+  CK_LAUNCH("gemv_kernel");
+}
+
+void gemv_swiglu(void* g, const void* x, const void* W12, const float* b12, int F, int K, DT dt, cudaStream_t s) {
+  check_gemv_shape(x, W12, K, "gemv_swiglu");
+  const int blocks = ceil_div(F, 2);
+  QWEN_DISPATCH_DT(dt, E,
+                   gemv_swiglu_kernel<E><<<blocks, kThreads, 0, s>>>(static_cast<E*>(g), static_cast<const E*>(x),
+                                                                     static_cast<const E*>(W12), b12, F, K));
+  CK_LAUNCH("gemv_swiglu_kernel");
+}
+
+void linear(float* y, const void* x, const void* W, const float* b, int T, int N, int K, bool accumulate, DT dt,
+            cudaStream_t s) {
+  if (T == 1)
+    gemv(y, x, W, b, N, K, accumulate, dt, s);
+  else
+    gemm(y, x, W, b, T, N, K, accumulate, dt, s);
+}
+
+}  // namespace qwen::cuda

@@ -1,0 +1,70 @@
+// The CUDA backend's ops: twins of csrc/cpu/ops.h (same names), launched asynchronously on a
+// stream; every launch is checked and failures throw qwen::Error.
+// Shapes: T tokens, H hidden, n heads, d head_dim, K in-features, N out-features, F ffn width.
+// Element type `dt` (bf16 or fp16) for weights, matmul inputs (h, q, attention output, SwiGLU
+// output) and the KV cache; the residual stream, matmul outputs (qkv, w1|w2, logits), norm
+// weights and biases are fp32. Accumulation, softmax and norm statistics are fp32 everywhere.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common.cuh"
+
+namespace qwen::cuda {
+
+// norm.cu ------------------------------------------------------------------------------------
+// x [T, H] fp32 = wte[ids] (wte [V, H] in dt); ids in device memory.
+void embedding(float* x, const void* wte, const int32_t* ids, int T, int H, DT dt, cudaStream_t s);
+// out [T, H] (dt) = x * rsqrt(mean(x^2) + eps) * w ; x fp32, w fp32.
+void rmsnorm(void* out, const float* x, const float* w, int T, int H, float eps, DT dt, cudaStream_t s);
+
+// gemv.cu / gemm.cu ----------------------------------------------------------------------------
+// y [T, N] fp32 (+)= x [T, K] W^T + b ; x, W [N, K] in dt; b fp32 [N] or null; K % 8 == 0.
+// accumulate: y += (residual add). T == 1 runs the GEMV, T > 1 the tensor-core GEMM.
+void linear(float* y, const void* x, const void* W, const float* b, int T, int N, int K, bool accumulate, DT dt,
+            cudaStream_t s);
+void gemv(float* y, const void* x, const void* W, const float* b, int N, int K, bool accumulate, DT dt, cudaStream_t s);
+void gemm(float* y, const void* x, const void* W, const float* b, int T, int N, int K, bool accumulate, DT dt,
+          cudaStream_t s);
+// Decode MLP front half in one pass: g [F] (dt) = (W1 x + b1) * silu(W2 x + b2) with
+// W12 = [W1; W2] ([2F, K]) and b12 = [b1; b2] fp32 or null.
+void gemv_swiglu(void* g, const void* x, const void* W12, const float* b12, int F, int K, DT dt, cudaStream_t s);
+
+// mlp.cu ------------------------------------------------------------------------------------------
+// g [T, F] (dt) = a * silu(b), a = ab[t, 0:F], b = ab[t, F:2F] (ab fp32 [T, 2F]).
+void swiglu(void* g, const float* ab, int T, int F, DT dt, cudaStream_t s);
+
+// rope.cu -----------------------------------------------------------------------------------------
+// The attention front end for T tokens at positions pos0.. (pos0 read from device memory):
+// from qkv fp32 [T, 3H] (+ bias fp32 [3H] or null) it ropes q and k ("rotate half", fp32 angle
+// pos * inv_freq[j], inv_freq [d/2] fp32 prepared on the host), scales q by logn(pos) when
+// seq_length > 0 (0 = use_logn_attn off), writes q [T, n, d] (dt) and appends k, v at positions
+// pos0.. of the layer's cache k/v [n, cap, d] (dt).
+void qkv_rope_append(void* q, void* k_cache, void* v_cache, int cap, const float* qkv, const float* bias,
+                     const float* inv_freq, const int* pos0_dev, int T, int n, int d, int seq_length, DT dt,
+                     cudaStream_t s);
+
+// attention_decode.cu ----------------------------------------------------------------------------
+// Split-KV ("flash-decoding") attention: T queries q [T, n, d] (dt) at positions pos0.. (device
+// memory) over the cache [n, cap, d]; query t sees keys 0..pos0+t. The keys are cut into
+// `splits` ranges of ceil(cap / splits) keys; each (head, range, query) block writes a partial
+// (max, sum, acc[d]) into `partial` [T, n, splits, d + 2] fp32, and a second kernel combines the
+// ranges that hold keys into out [T, n, d] (dt). splits == 1 writes out directly (no partial).
+// d in {8, 16, 32, 64, 128, 256}.
+void attention_decode(void* out, const void* q, const void* k_cache, const void* v_cache, int cap, const int* pos0_dev,
+                      int T, int n, int d, int splits, float* partial, DT dt, cudaStream_t s);
+// Floats of `partial` that attention_decode needs.
+inline size_t attention_decode_partial_floats(int T, int n, int d, int splits) {
+  return splits > 1 ? size_t(T) * n * splits * (d + 2) : 0;
+}
+
+// attention_prefill.cu ----------------------------------------------------------------------------
+// Tiled causal flash attention on tensor cores (mma.sync m16n8k16, fp32 online softmax): T
+// queries q [T, n, d] at positions pos0.. (host value) over the cache [n, cap, d] that already
+// holds positions 0..pos0+T-1; out [T, n, d] (dt). d in {64, 128}; see attention_prefill_supported.
+void attention_prefill(void* out, const void* q, const void* k_cache, const void* v_cache, int cap, int pos0, int T,
+                       int n, int d, DT dt, cudaStream_t s);
+inline bool attention_prefill_supported(int d) { return d == 64 || d == 128; }
+
+}  // namespace qwen::cuda

@@ -1,0 +1,837 @@
+// qwen_cuda_tests: every CUDA op of csrc/cuda against its CPU twin (csrc/cpu/ops.h) on fresh
+// random inputs at real shapes, then whole forward passes of CudaBackend against CpuBackend.
+// Prints max abs error, max error relative to max|ref|, relative L2 error and the tolerance per
+// case; exits 1 on any failure. Flags: --quick (small shapes, for compute-sanitizer),
+// --filter SUBSTR (run cases whose group name contains SUBSTR), --no-model.
+//
+// Tolerances (tol bounds max|gpu - cpu| / max|cpu|):
+// - Inputs are drawn, then rounded to the 16-bit type, and the CPU twin gets exactly those
+//   rounded values, so products are identical on both sides; what differs is the order of the
+//   fp32 sums (error ~ sqrt(K) * 2^-24 relative to the sum of |terms|): fp32 outputs (linear,
+//   embedding) get 1e-4.
+// - An output rounded to bf16 (8 mantissa bits: relative rounding 2^-9 = 1.95e-3 per element;
+//   fp16: 2^-11) can differ by that much from the fp32 twin: rmsnorm, swiglu, rope, decode
+//   attention get 4e-3 in bf16 (2e-3 in fp16).
+// - Flash attention also rounds the softmax weights P to bf16 before P V (as FlashAttention
+//   does): a relative 2^-9 error per weight, averaging out over keys (~ 2^-9 / sqrt(keys) of
+//   max|v|), plus the output rounding: 8e-3 (bf16), 3e-3 (fp16).
+// - Whole model: every matmul input (h, q, attention output, SwiGLU output) and the KV cache are
+//   rounded to bf16 (2^-9 each), and errors add up over layers and grow ~ sqrt(K) through each
+//   matmul relative to a single element; with 2 layers we allow 3e-2 of max|logit| and a
+//   relative L2 error under 2e-2 (fp16: 1e-2 / 5e-3).
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/backend.h"
+#include "core/error.h"
+#include "cpu/ops.h"
+#include "cuda/ops.cuh"
+
+using namespace qwen;
+using cuda::DT;
+
+namespace {
+
+bool g_quick = false;
+std::string g_filter;
+int g_failures = 0, g_cases = 0;
+cpu::ThreadPool* g_pool = nullptr;
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) {
+    std::fprintf(stderr, "CUDA error in %s: %s\n", what, cudaGetErrorString(e));
+    std::exit(2);
+  }
+}
+#define CHECK(x) check((x), #x)
+
+// ---- random numbers (splitmix64), parallel fills ----
+struct Rng {
+  uint64_t s;
+  explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
+  uint64_t next() {
+    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  float uniform(float lo, float hi) { return lo + (hi - lo) * float(next() >> 40) * (1.0f / 16777216.0f); }
+};
+uint64_t g_seed = 12345;
+
+// (the backend's own converter, checked against __float2half_rn).
+uint16_t to16(float f, DT dt) { return dt == DT::BF16 ? f32_to_bf16(f) : cuda::f32_to_f16_host(f); }
+float from16(uint16_t h, DT dt) { return dt == DT::BF16 ? bf16_to_f32(h) : f16_to_f32(h); }
+DType dtype_of(DT dt) { return dt == DT::BF16 ? DType::BF16 : DType::F16; }
+
+template <typename F> void parallel(int64_t n, F fn) {
+  const int th = std::max(1u, std::thread::hardware_concurrency());
+  std::vector<std::thread> ts;
+  for (int i = 0; i < th; i++)
+    ts.emplace_back([&, i] {
+      fn(n * i / th, n * (i + 1) / th, uint64_t(i));
+    });
+  for (auto& t : ts) t.join();
+}
+
+// 16-bit random tensor, with its exact fp32 values (what the CPU twin sees).
+struct Half {
+  std::vector<uint16_t> h;
+  std::vector<float> f;
+};
+Half rand16(int64_t n, float lo, float hi, DT dt, bool keep_f32 = true) {
+  Half r;
+  r.h.resize(static_cast<size_t>(n));
+  if (keep_f32) r.f.resize(static_cast<size_t>(n));
+  const uint64_t seed = g_seed++;
+  parallel(n, [&](int64_t a, int64_t b, uint64_t tid) {
+    Rng rng(seed * 1000003 + tid);
+    for (int64_t i = a; i < b; i++) {
+      uint16_t v = to16(rng.uniform(lo, hi), dt);
+      r.h[size_t(i)] = v;
+      if (keep_f32) r.f[size_t(i)] = from16(v, dt);
+    }
+  });
+  return r;
+}
+std::vector<float> rand32(int64_t n, float lo, float hi) {
+  std::vector<float> v(static_cast<size_t>(n));
+  Rng rng(g_seed++);
+  for (auto& x : v) x = rng.uniform(lo, hi);
+  return v;
+}
+
+// ---- device buffers ----
+struct Dev {
+  void* p = nullptr;
+  size_t bytes = 0;
+  explicit Dev(size_t b) : bytes(b) {
+    CHECK(cudaMalloc(&p, std::max<size_t>(b, 16)));
+    CHECK(cudaMemset(p, 0xFF, std::max<size_t>(b, 16)));  // poison: NaN in fp32, bf16 and fp16
+  }
+  ~Dev() { cudaFree(p); }
+  Dev(const Dev&) = delete;
+  template <typename T> T* as() const { return static_cast<T*>(p); }
+  template <typename T> void put(const std::vector<T>& v) {
+    CHECK(cudaMemcpy(p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  template <typename T> std::vector<T> get(size_t n) const {
+    std::vector<T> v(n);
+    CHECK(cudaDeviceSynchronize());
+    CHECK(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return v;
+  }
+};
+template <typename T> std::unique_ptr<Dev> upload(const std::vector<T>& v) {
+  auto d = std::make_unique<Dev>(v.size() * sizeof(T));
+  d->put(v);
+  return d;
+}
+std::vector<float> get16(const Dev& d, size_t n, DT dt) {
+  auto h = d.get<uint16_t>(n);
+  std::vector<float> f(n);
+  for (size_t i = 0; i < n; i++) f[i] = from16(h[i], dt);
+  return f;
+}
+int* dev_int(int v, std::unique_ptr<Dev>& holder) {
+  holder = upload(std::vector<int>{v});
+  return holder->as<int>();
+}
+
+// ---- comparison ----
+bool compare(const std::string& name, const std::vector<float>& got, const std::vector<float>& ref, double tol) {
+  g_cases++;
+  double max_abs = 0, max_ref = 0, se = 0, sr = 0;
+  bool finite = true;
+  for (size_t i = 0; i < ref.size(); i++) {
+    if (!std::isfinite(got[i])) finite = false;
+    const double e = std::fabs(double(got[i]) - ref[i]);
+    max_abs = std::max(max_abs, e);
+    max_ref = std::max(max_ref, std::fabs(double(ref[i])));
+    se += e * e;
+    sr += double(ref[i]) * ref[i];
+  }
+  const double rel = max_ref > 0 ? max_abs / max_ref : max_abs;
+  const double l2 = sr > 0 ? std::sqrt(se / sr) : std::sqrt(se);
+  const bool ok = finite && rel <= tol;
+  std::printf("%-4s %-58s max_abs %.3e  max_rel %.3e  relL2 %.3e  tol %.0e%s\n", ok ? "ok" : "FAIL", name.c_str(),
+              max_abs, rel, l2, tol, finite ? "" : "  (non-finite output)");
+  if (!ok) g_failures++;
+  return ok;
+}
+bool want(const char* group) { return g_filter.empty() || std::string(group).find(g_filter) != std::string::npos; }
+std::string sh(std::initializer_list<long long> v) {
+  std::string s;
+  for (long long x : v) s += (s.empty() ? "" : ",") + std::to_string(x);
+  return s;
+}
+cudaStream_t S = nullptr;
+
+// ---- op tests ----
+void test_embedding(DT dt, int V, int H, int T) {
+  Half wte = rand16(int64_t(V) * H, -1, 1, dt);
+  std::vector<int32_t> ids(static_cast<size_t>(T));
+  Rng rng(g_seed++);
+  for (auto& i : ids) i = int32_t(rng.next() % uint64_t(V));
+  ids[0] = V - 1;
+  auto dw = upload(wte.h);
+  auto di = upload(ids);
+  Dev out(size_t(T) * H * 4);
+  cuda::embedding(out.as<float>(), dw->p, di->as<int32_t>(), T, H, dt, S);
+  Tensor t{"wte", dtype_of(dt), {V, H}, wte.h.data()};
+  std::vector<float> ref(size_t(T) * H);
+  cpu::embedding(ref.data(), t, ids.data(), T);
+  compare(std::string("embedding ") + cuda::dt_name(dt) + " V,H,T=" + sh({V, H, T}), out.get<float>(ref.size()), ref,
+          0);
+}
+
+void test_rmsnorm(DT dt, int T, int H) {
+  auto x = rand32(int64_t(T) * H, -3, 3);
+  auto w = rand32(H, 0.8f, 1.2f);
+  auto dx = upload(x), dw = upload(w);
+  Dev out(size_t(T) * H * 2);
+  cuda::rmsnorm(out.p, dx->as<float>(), dw->as<float>(), T, H, 1e-6f, dt, S);
+  std::vector<float> ref(size_t(T) * H);
+  cpu::rmsnorm(ref.data(), x.data(), w.data(), T, H, 1e-6f);
+  compare(std::string("rmsnorm ") + cuda::dt_name(dt) + " T,H=" + sh({T, H}), get16(out, ref.size(), dt), ref,
+          dt == DT::BF16 ? 4e-3 : 2e-3);
+}
+
+// which: 0 = linear (dispatch), 1 = gemv, 2 = gemm
+void test_linear(DT dt, int T, int N, int K, bool bias, bool accumulate) {
+  Half W = rand16(int64_t(N) * K, -std::sqrt(3.0f / K), std::sqrt(3.0f / K), dt);
+  Half x = rand16(int64_t(T) * K, -2, 2, dt);
+  auto b = rand32(N, -0.5f, 0.5f);
+  auto y0 = rand32(int64_t(T) * N, -1, 1);
+  auto dW = upload(W.h), dx = upload(x.h), db = upload(b);
+  Dev y(size_t(T) * N * 4);
+  if (accumulate) y.put(y0);
+  cuda::linear(y.as<float>(), dx->p, dW->p, bias ? db->as<float>() : nullptr, T, N, K, accumulate, dt, S);
+  Linear l;
+  l.in = K;
+  l.out = N;
+  l.weight = Tensor{"w", dtype_of(dt), {N, K}, W.h.data()};
+  if (bias) l.bias = Tensor{"b", DType::F32, {N}, b.data()};
+  std::vector<float> ref(size_t(T) * N);
+  cpu::linear(ref.data(), x.f.data(), l, T, *g_pool);
+  if (accumulate)
+    for (size_t i = 0; i < ref.size(); i++) ref[i] += y0[i];
+  compare(std::string(T == 1 ? "linear/gemv " : "linear/gemm ") + cuda::dt_name(dt) + " T,N,K=" + sh({T, N, K}) +
+              (bias ? " +bias" : "") + (accumulate ? " +=" : ""),
+          y.get<float>(ref.size()), ref, 1e-4);
+}
+
+void test_gemv_swiglu(DT dt, int F, int K, bool bias) {
+  Half W = rand16(int64_t(2) * F * K, -std::sqrt(3.0f / K), std::sqrt(3.0f / K), dt);
+  Half x = rand16(K, -2, 2, dt);
+  auto b = rand32(2 * F, -0.5f, 0.5f);
+  auto dW = upload(W.h), dx = upload(x.h), db = upload(b);
+  Dev g(size_t(F) * 2);
+  cuda::gemv_swiglu(g.p, dx->p, dW->p, bias ? db->as<float>() : nullptr, F, K, dt, S);
+  Linear l1, l2;
+  l1.in = l2.in = K;
+  l1.out = l2.out = F;
+  l1.weight = Tensor{"w1", dtype_of(dt), {F, K}, W.h.data()};
+  l2.weight = Tensor{"w2", dtype_of(dt), {F, K}, W.h.data() + size_t(F) * K};
+  if (bias) {
+    l1.bias = Tensor{"b1", DType::F32, {F}, b.data()};
+    l2.bias = Tensor{"b2", DType::F32, {F}, b.data() + F};
+  }
+  std::vector<float> a(static_cast<size_t>(F)), bb(static_cast<size_t>(F)), ref(static_cast<size_t>(F));
+  cpu::linear(a.data(), x.f.data(), l1, 1, *g_pool);
+  cpu::linear(bb.data(), x.f.data(), l2, 1, *g_pool);
+  cpu::swiglu(ref.data(), a.data(), bb.data(), F);
+  compare(std::string("gemv_swiglu ") + cuda::dt_name(dt) + " F,K=" + sh({F, K}) + (bias ? " +bias" : ""),
+          get16(g, ref.size(), dt), ref, dt == DT::BF16 ? 4e-3 : 2e-3);
+}
+
+void test_swiglu(DT dt, int T, int F) {
+  auto ab = rand32(int64_t(T) * 2 * F, -6, 6);
+  auto dab = upload(ab);
+  Dev g(size_t(T) * F * 2);
+  cuda::swiglu(g.p, dab->as<float>(), T, F, dt, S);
+  std::vector<float> ref(size_t(T) * F);
+  for (int t = 0; t < T; t++)
+    cpu::swiglu(ref.data() + size_t(t) * F, ab.data() + size_t(t) * 2 * F, ab.data() + size_t(t) * 2 * F + F, F);
+  compare(std::string("swiglu ") + cuda::dt_name(dt) + " T,F=" + sh({T, F}), get16(g, ref.size(), dt), ref,
+          dt == DT::BF16 ? 4e-3 : 2e-3);
+}
+
+std::vector<float> inv_freq_table(int d, double base, double alpha) {
+  const float base_ntk = float(base * std::pow(alpha, double(d) / double(d - 2)));
+  std::vector<float> inv(size_t(d / 2));
+  for (int j = 0; j < d / 2; j++) inv[size_t(j)] = 1.0f / std::pow(base_ntk, float(2 * j) / float(d));
+  return inv;
+}
+
+void test_rope(DT dt, int T, int n, int d, int pos0, int S_len, double alpha) {
+  const int H = n * d, cap = pos0 + T + 3;
+  auto qkv = rand32(int64_t(T) * 3 * H, -2, 2);
+  auto bias = rand32(3 * H, -0.5f, 0.5f);
+  auto inv = inv_freq_table(d, 10000.0, alpha);
+  Half kc0 = rand16(int64_t(n) * cap * d, -1, 1, dt), vc0 = rand16(int64_t(n) * cap * d, -1, 1, dt);
+  auto dqkv = upload(qkv), db = upload(bias), dinv = upload(inv), dk = upload(kc0.h), dv = upload(vc0.h);
+  std::unique_ptr<Dev> dpos;
+  Dev q(size_t(T) * H * 2);
+  cuda::qkv_rope_append(q.p, dk->p, dv->p, cap, dqkv->as<float>(), db->as<float>(), dinv->as<float>(),
+                        dev_int(pos0, dpos), T, n, d, S_len, dt, S);
+  // CPU: bias, rope on q and k, logn on q.
+  std::vector<float> r = qkv;
+  for (int t = 0; t < T; t++)
+    for (int i = 0; i < 3 * H; i++) r[size_t(t) * 3 * H + i] += bias[size_t(i)];
+  cpu::rope(r.data(), 3 * H, T, n, d, pos0, 10000.0, alpha);
+  cpu::rope(r.data() + H, 3 * H, T, n, d, pos0, 10000.0, alpha);
+  std::vector<float> qref(size_t(T) * H), kref, kgot, vref, vgot;
+  for (int t = 0; t < T; t++) {
+    const float s = logn_scale(pos0 + t, S_len);
+    for (int i = 0; i < H; i++) qref[size_t(t) * H + i] = r[size_t(t) * 3 * H + i] * s;
+  }
+  auto kg = get16(*dk, kc0.h.size(), dt), vg = get16(*dv, vc0.h.size(), dt);
+  bool untouched = true;
+  for (int h = 0; h < n; h++)
+    for (int p = 0; p < cap; p++)
+      for (int c = 0; c < d; c++) {
+        const size_t ci = (size_t(h) * cap + p) * d + c;
+        if (p >= pos0 && p < pos0 + T) {
+          const size_t ri = size_t(p - pos0) * 3 * H + size_t(h) * d + c;
+          kref.push_back(r[ri + H]);
+          vref.push_back(r[ri + 2 * H]);
+          kgot.push_back(kg[ci]);
+          vgot.push_back(vg[ci]);
+        } else if (kg[ci] != kc0.f[ci] || vg[ci] != vc0.f[ci]) {
+          untouched = false;
+        }
+      }
+  const double tol = dt == DT::BF16 ? 4e-3 : 2e-3;
+  const std::string tag = std::string(cuda::dt_name(dt)) + " T,n,d,pos0,S=" + sh({T, n, d, pos0, S_len}) +
+                          " alpha=" + std::to_string(int(alpha));
+  compare("rope(q, logn) " + tag, get16(q, qref.size(), dt), qref, tol);
+  compare("rope(k) + append " + tag, kgot, kref, tol);
+  compare("append(v) " + tag, vgot, vref, tol);
+  g_cases++;
+  if (!untouched) {
+    g_failures++;
+    std::printf("FAIL rope: cache rows outside pos0..pos0+T-1 were modified\n");
+  }
+}
+
+// Random cache [n, cap, d]; rows at positions >= valid are NaN so that reading them shows.
+struct KvRand {
+  Half k, v;
+  std::unique_ptr<Dev> dk, dv;
+};
+KvRand make_kv(int n, int cap, int d, int valid, DT dt) {
+  KvRand r;
+  r.k = rand16(int64_t(n) * cap * d, -1.5f, 1.5f, dt);
+  r.v = rand16(int64_t(n) * cap * d, -1, 1, dt);
+  for (int h = 0; h < n; h++)
+    for (int p = valid; p < cap; p++)
+      for (int c = 0; c < d; c++) {
+        r.k.h[(size_t(h) * cap + p) * d + c] = 0xFFFF;
+        r.v.h[(size_t(h) * cap + p) * d + c] = 0xFFFF;
+      }
+  r.dk = upload(r.k.h);
+  r.dv = upload(r.v.h);
+  return r;
+}
+
+std::vector<float> cpu_attention(const Half& q, const KvRand& kv, int cap, int T, int n, int d, int pos0) {
+  std::vector<float> ref(size_t(T) * n * d);
+  cpu::attention(ref.data(), q.f.data(), int64_t(n) * d, kv.k.f.data(), kv.v.f.data(), cap, T, n, d, pos0, *g_pool);
+  return ref;
+}
+
+// Decode (split-KV) attention: T queries, the last at position len-1.
+void test_attention_decode(DT dt, int n, int d, int len, int cap, int splits, int T = 1) {
+  KvRand kv = make_kv(n, cap, d, len, dt);
+  Half q = rand16(int64_t(T) * n * d, -1.5f, 1.5f, dt);
+  auto dq = upload(q.h);
+  const int pos0 = len - T;
+  std::unique_ptr<Dev> dpos;
+  Dev out(size_t(T) * n * d * 2);
+  Dev partial(std::max<size_t>(cuda::attention_decode_partial_floats(T, n, d, splits) * 4, 4));
+  cuda::attention_decode(out.p, dq->p, kv.dk->p, kv.dv->p, cap, dev_int(pos0, dpos), T, n, d, splits,
+                         partial.as<float>(), dt, S);
+  auto ref = cpu_attention(q, kv, cap, T, n, d, pos0);
+  compare(std::string("attention_decode ") + cuda::dt_name(dt) + " n,d,len,cap,splits,T=" +
+              sh({n, d, len, cap, splits, T}),
+          get16(out, ref.size(), dt), ref, dt == DT::BF16 ? 4e-3 : 2e-3);
+}
+
+// Prefill attention for T queries at pos0.. ; chunks > 1 runs it as that many consecutive calls.
+void test_attention_prefill(DT dt, int n, int d, int T, int pos0, int chunks) {
+  const int len = pos0 + T, cap = len + 5;
+  KvRand kv = make_kv(n, cap, d, len, dt);
+  Half q = rand16(int64_t(T) * n * d, -1.5f, 1.5f, dt);
+  auto dq = upload(q.h);
+  Dev out(size_t(T) * n * d * 2);
+  const bool flash = cuda::attention_prefill_supported(d);
+  std::unique_ptr<Dev> dpos;
+  for (int c = 0; c < chunks; c++) {
+    const int t0 = int(int64_t(T) * c / chunks), t1 = int(int64_t(T) * (c + 1) / chunks);
+    const size_t off = size_t(t0) * n * d * 2;
+    if (flash)
+      cuda::attention_prefill(static_cast<char*>(out.p) + off, static_cast<char*>(dq->p) + off, kv.dk->p, kv.dv->p,
+                              cap, pos0 + t0, t1 - t0, n, d, dt, S);
+    else
+      cuda::attention_decode(static_cast<char*>(out.p) + off, static_cast<char*>(dq->p) + off, kv.dk->p, kv.dv->p,
+                             cap, dev_int(pos0 + t0, dpos), t1 - t0, n, d, 1, nullptr, dt, S);
+    CHECK(cudaDeviceSynchronize());
+  }
+  auto ref = cpu_attention(q, kv, cap, T, n, d, pos0);
+  const double tol = flash ? (dt == DT::BF16 ? 8e-3 : 3e-3) : (dt == DT::BF16 ? 4e-3 : 2e-3);
+  compare(std::string(flash ? "attention_prefill(flash) " : "attention_prefill(split) ") + cuda::dt_name(dt) +
+              " n,d,T,pos0,chunks=" + sh({n, d, T, pos0, chunks}),
+          get16(out, ref.size(), dt), ref, tol);
+}
+
+// ---- whole model ----
+struct RandomModel {
+  ModelConfig cfg;
+  ModelWeights w;
+  std::vector<std::vector<uint16_t>> mats;
+  std::vector<std::vector<float>> vecs;
+  Tensor mat(const std::string& name, int64_t rows, int64_t cols, DT dt) {
+    const float a = std::sqrt(3.0f / float(cols));
+    mats.push_back(rand16(rows * cols, name == "wte" ? -1.0f : -a, name == "wte" ? 1.0f : a, dt, false).h);
+    return Tensor{name, dtype_of(dt), {rows, cols}, mats.back().data()};
+  }
+  Tensor vec(const std::string& name, int64_t n, float lo, float hi) {
+    vecs.push_back(rand32(n, lo, hi));
+    return Tensor{name, DType::F32, {n}, vecs.back().data()};
+  }
+};
+std::unique_ptr<RandomModel> random_model(int H, int n, int F, int V, int L, int S_len, DT dt) {
+  auto m = std::make_unique<RandomModel>();
+  m->mats.reserve(size_t(8 * L + 8));
+  m->vecs.reserve(size_t(8 * L + 8));
+  ModelConfig& c = m->cfg;
+  c.vocab_size = V;
+  c.hidden_size = H;
+  c.num_layers = L;
+  c.num_heads = n;
+  c.head_dim = H / n;
+  c.ffn_size = F;
+  c.seq_length = S_len;
+  c.max_position_embeddings = S_len;
+  auto lin = [&](const std::string& name, int out, int in, bool bias) {
+    Linear l;
+    l.in = in;
+    l.out = out;
+    l.weight = m->mat(name, out, in, dt);
+    if (bias) l.bias = m->vec(name + ".bias", out, -0.5f, 0.5f);
+    return l;
+  };
+  m->w.wte = m->mat("wte", V, H, dt);
+  for (int i = 0; i < L; i++) {
+    LayerWeights lw;
+    lw.ln_1 = m->vec("ln_1", H, 0.8f, 1.2f);
+    lw.c_attn = lin("c_attn", 3 * H, H, true);
+    lw.attn_c_proj = lin("attn_c_proj", H, H, false);
+    lw.ln_2 = m->vec("ln_2", H, 0.8f, 1.2f);
+    lw.w1 = lin("w1", F, H, false);
+    lw.w2 = lin("w2", F, H, false);
+    lw.mlp_c_proj = lin("mlp_c_proj", H, F, false);
+    m->w.layers.push_back(lw);
+  }
+  m->w.ln_f = m->vec("ln_f", H, 0.8f, 1.2f);
+  m->w.lm_head = lin("lm_head", V, H, false);
+  return m;
+}
+
+// One sequence through both backends: a prompt, then `steps` decode steps (greedy on the CPU's
+// logits), comparing logits each time; then the same prompt prefilled in two chunks on the GPU.
+void test_model(const std::string& tag, int H, int n, int F, int V, int L, int S_len, int prompt, int steps,
+                bool all_logits, DT dt) {
+  auto t_start = std::chrono::steady_clock::now();
+  auto m = random_model(H, n, F, V, L, S_len, dt);
+  BackendOptions opt;
+  auto cpu_b = make_cpu_backend(m->cfg, m->w, opt, nullptr);
+  double last_progress = -1;
+  bool monotone = true;
+  auto gpu_b = make_cuda_backend(m->cfg, m->w, opt, [&](double f) {
+    if (f < last_progress) monotone = false;
+    last_progress = f;
+  });
+  const int cap = prompt + steps + 8;
+  auto cc = cpu_b->new_cache(cap);
+  auto gc = gpu_b->new_cache(cap);
+  std::vector<int32_t> ids(static_cast<size_t>(prompt));
+  Rng rng(g_seed++);
+  for (auto& i : ids) i = int32_t(rng.next() % uint64_t(V));
+  const double alpha = rope_ntk_alpha(prompt, S_len);
+  cc->ntk_alpha = gc->ntk_alpha = alpha;
+  const int rows = all_logits ? prompt : 1;
+  std::vector<float> lc(size_t(rows) * V), lg(size_t(rows) * V, NAN);
+  cpu_b->forward(*cc, ids.data(), prompt, lc.data(), all_logits);
+  gpu_b->forward(*gc, ids.data(), prompt, lg.data(), all_logits);
+  cc->length = gc->length = prompt;
+  const double tol = dt == DT::BF16 ? 3e-2 : 1e-2;
+  const std::string name = "model " + tag + " " + cuda::dt_name(dt);
+  compare(name + " prefill " + std::to_string(prompt) + (all_logits ? " (all rows)" : ""), lg, lc, tol);
+  std::vector<float> c1(static_cast<size_t>(V)), g1(static_cast<size_t>(V));
+  for (int s = 0; s < steps; s++) {
+    const float* last = lc.data() + size_t(all_logits && s == 0 ? prompt - 1 : 0) * V;
+    int32_t next = int32_t(std::max_element(last, last + V) - last);
+    cpu_b->forward(*cc, &next, 1, c1.data(), false);
+    std::fill(g1.begin(), g1.end(), NAN);
+    gpu_b->forward(*gc, &next, 1, g1.data(), false);
+    cc->length++;
+    gc->length++;
+    compare(name + " decode step " + std::to_string(s + 1) + " (pos " + std::to_string(cc->length - 1) + ")", g1, c1,
+            tol);
+    lc.assign(c1.begin(), c1.end());
+  }
+  // Chunked prefill on the GPU must match one-shot prefill (both on the GPU).
+  {
+    auto g2 = gpu_b->new_cache(cap);
+    g2->ntk_alpha = alpha;
+    const int first = prompt / 3 + 1;
+    std::vector<float> a(static_cast<size_t>(V)), b(static_cast<size_t>(V));
+    gpu_b->forward(*g2, ids.data(), first, a.data(), false);
+    g2->length = first;
+    gpu_b->forward(*g2, ids.data() + first, prompt - first, b.data(), false);
+    auto g3 = gpu_b->new_cache(cap);
+    g3->ntk_alpha = alpha;
+    gpu_b->forward(*g3, ids.data(), prompt, a.data(), false);
+    compare(name + " chunked prefill " + std::to_string(first) + "+" + std::to_string(prompt - first) +
+                " vs one-shot (gpu)",
+            b, a, dt == DT::BF16 ? 1e-2 : 4e-3);
+  }
+  MemoryReport mr = gpu_b->memory();
+  std::printf("     %s: weights %.1f MiB, kv %.2f MiB (cache bytes() %.2f MiB), workspace %.1f MiB, progress %s, %.1f s\n",
+              tag.c_str(), mr.weights / 1048576.0, mr.kv_cache / 1048576.0, gc->bytes() / 1048576.0,
+              mr.workspace / 1048576.0, monotone && last_progress == 1.0 ? "ok" : "BAD",
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count());
+  g_cases++;
+  if (!(monotone && last_progress == 1.0)) g_failures++;
+}
+
+// Two sequences on one model, interleaved decode steps: each cache has its own graph.
+void test_two_caches(DT dt) {
+  auto m = random_model(128, 2, 256, 1000, 2, 64, dt);
+  BackendOptions opt;
+  auto cpu_b = make_cpu_backend(m->cfg, m->w, opt, nullptr);
+  auto gpu_b = make_cuda_backend(m->cfg, m->w, opt, nullptr);
+  auto gpu_b2 = make_cuda_backend(m->cfg, m->w, opt, nullptr);  // a second model in the process
+  std::vector<std::unique_ptr<KvCache>> cc, gc;
+  std::vector<float> lc(1000), lg(1000);
+  double worst = 0;
+  for (int s = 0; s < 2; s++) {
+    cc.push_back(cpu_b->new_cache(100));
+    gc.push_back((s ? gpu_b2 : gpu_b)->new_cache(100));
+    int32_t ids[5] = {1, 2, 3, 4, int32_t(5 + s)};
+    cc[size_t(s)]->ntk_alpha = gc[size_t(s)]->ntk_alpha = 1;
+    cpu_b->forward(*cc[size_t(s)], ids, 5, lc.data(), false);
+    (s ? gpu_b2 : gpu_b)->forward(*gc[size_t(s)], ids, 5, lg.data(), false);
+    cc[size_t(s)]->length = gc[size_t(s)]->length = 5;
+  }
+  for (int step = 0; step < 6; step++)
+    for (int s = 0; s < 2; s++) {
+      int32_t id = int32_t(7 * step + s);
+      cpu_b->forward(*cc[size_t(s)], &id, 1, lc.data(), false);
+      (s ? gpu_b2 : gpu_b)->forward(*gc[size_t(s)], &id, 1, lg.data(), false);
+      cc[size_t(s)]->length++;
+      gc[size_t(s)]->length++;
+      double mx = 0, e = 0;
+      for (int i = 0; i < 1000; i++) {
+        mx = std::max(mx, std::fabs(double(lc[size_t(i)])));
+        e = std::max(e, std::fabs(double(lg[size_t(i)]) - lc[size_t(i)]));
+      }
+      worst = std::max(worst, std::isfinite(e) ? e / mx : 1e9);
+    }
+  g_cases++;
+  const bool ok = worst < 3e-2;
+  if (!ok) g_failures++;
+  std::printf("%-4s %-58s max_rel %.3e  tol 3e-02\n", ok ? "ok" : "FAIL", "two caches x two models, interleaved decode",
+              worst);
+}
+
+// The host fp16 converter against the hardware's (__float2half_rn) on values across the range.
+__global__ void f2h_kernel(const float* in, uint16_t* out, int n) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) {
+    __half h = __float2half_rn(in[i]);
+    out[i] = *reinterpret_cast<uint16_t*>(&h);
+  }
+}
+void test_f16_converter() {
+  std::vector<float> v;
+  Rng rng(g_seed++);
+  for (int i = 0; i < 200000; i++) v.push_back(std::ldexp(rng.uniform(-2, 2), int(rng.next() % 50) - 30));
+  for (float x : {0.0f, -0.0f, 65504.0f, 65519.0f, 65520.0f, 1e-8f, 2.9802322e-8f, 5.9604645e-8f, 6.1e-5f, INFINITY, NAN})
+    v.push_back(x);
+  auto dv = upload(v);
+  Dev out(v.size() * 2);
+  f2h_kernel<<<int(v.size() / 256 + 1), 256, 0, S>>>(dv->as<float>(), out.as<uint16_t>(), int(v.size()));
+  auto hw = out.get<uint16_t>(v.size());
+  int bad = 0;
+  for (size_t i = 0; i < v.size(); i++) {
+    const uint16_t mine = cuda::f32_to_f16_host(v[i]);
+    const bool both_nan = (mine & 0x7fff) > 0x7c00 && (hw[i] & 0x7fff) > 0x7c00;
+    if (mine != hw[i] && !both_nan) {
+      if (bad < 5) std::printf("     f32_to_f16_host(%g) = %04x, hardware %04x\n", double(v[i]), mine, hw[i]);
+      bad++;
+    }
+  }
+  g_cases++;
+  if (bad) g_failures++;
+  std::printf("%-4s host fp16 converter vs __float2half_rn: %d mismatches of %zu\n", bad ? "FAIL" : "ok", bad, v.size());
+}
+
+// The captured decode graph computes exactly what the eager launches compute (QWEN_CUDA_GRAPH=0).
+void test_graph_vs_eager(DT dt) {
+  auto m = random_model(256, 4, 512, 1000, 2, 32, dt);
+  BackendOptions opt;
+  auto graph_b = make_cuda_backend(m->cfg, m->w, opt, nullptr);
+  setenv("QWEN_CUDA_GRAPH", "0", 1);
+  auto eager_b = make_cuda_backend(m->cfg, m->w, opt, nullptr);
+  unsetenv("QWEN_CUDA_GRAPH");
+  auto a = graph_b->new_cache(64), b = eager_b->new_cache(64);
+  std::vector<int32_t> ids = {5, 9, 100, 3, 7, 999, 0, 42, 17, 8};
+  a->ntk_alpha = b->ntk_alpha = 1;
+  std::vector<float> la(1000), lb(1000);
+  graph_b->forward(*a, ids.data(), 10, la.data(), false);
+  eager_b->forward(*b, ids.data(), 10, lb.data(), false);
+  a->length = b->length = 10;
+  double diff = 0;
+  for (int step = 0; step < 40; step++) {  // crosses S = 32: logn switches on inside the graph
+    int32_t id = int32_t((step * 37) % 1000);
+    graph_b->forward(*a, &id, 1, la.data(), false);
+    eager_b->forward(*b, &id, 1, lb.data(), false);
+    a->length++;
+    b->length++;
+    for (int i = 0; i < 1000; i++) diff = std::max(diff, double(std::fabs(la[size_t(i)] - lb[size_t(i)])));
+  }
+  g_cases++;
+  if (diff != 0 || !std::isfinite(diff)) g_failures++;
+  std::printf("%-4s decode graph vs eager launches, 40 steps: max diff %.3e (must be 0)\n", diff == 0 ? "ok" : "FAIL",
+              diff);
+}
+
+void test_errors() {
+  g_cases++;
+  bool ok = true;
+  auto m = random_model(128, 2, 256, 1000, 1, 64, DT::BF16);
+  BackendOptions opt;
+  opt.device_index = 99;
+  try {
+    make_cuda_backend(m->cfg, m->w, opt, nullptr);
+    ok = false;
+  } catch (const Error& e) {
+    std::printf("     expected error: %s\n", e.what());
+  }
+  // A model far larger than the card: refused before any allocation, with the sizes in words.
+  ModelConfig big = m->cfg;
+  big.vocab_size = 8000000;
+  big.hidden_size = 8192;
+  big.num_heads = 64;
+  big.head_dim = 128;
+  ModelWeights bw = m->w;
+  big.num_layers = 0;
+  bw.layers.clear();
+  static uint16_t dummy[16];
+  static float dummyf[8192];
+  bw.ln_f = Tensor{"ln_f", DType::F32, {8192}, dummyf};
+  bw.wte = Tensor{"wte", DType::BF16, {8000000, 8192}, dummy};
+  bw.lm_head.weight = Tensor{"lm_head", DType::BF16, {8000000, 8192}, dummy};
+  bw.lm_head.in = 8192;
+  bw.lm_head.out = 8000000;
+  opt.device_index = 0;
+  try {
+    make_cuda_backend(big, bw, opt, nullptr);
+    ok = false;
+  } catch (const Error& e) {
+    std::printf("     expected error: %s\n", e.what());
+    if (std::string(e.what()).find("loading needs") == std::string::npos) ok = false;
+  }
+  if (!ok) g_failures++;
+  std::printf("%-4s errors become qwen::Error (bad device index, not enough memory)\n", ok ? "ok" : "FAIL");
+}
+
+// Informal timings: the decode step of the 7B-shaped 2-layer model and one prefill GEMM.
+void time_gemm(DT dt, int T, int N, int K) {
+  Half W = rand16(int64_t(N) * K, -0.01f, 0.01f, dt, false), x = rand16(int64_t(T) * K, -1, 1, dt, false);
+  auto dW = upload(W.h), dx = upload(x.h);
+  Dev y(size_t(T) * N * 4);
+  cudaEvent_t a, b;
+  CHECK(cudaEventCreate(&a));
+  CHECK(cudaEventCreate(&b));
+  for (int i = 0; i < 3; i++) cuda::gemm(y.as<float>(), dx->p, dW->p, nullptr, T, N, K, false, dt, S);
+  const int reps = 20;
+  CHECK(cudaEventRecord(a, S));
+  for (int i = 0; i < reps; i++) cuda::gemm(y.as<float>(), dx->p, dW->p, nullptr, T, N, K, false, dt, S);
+  CHECK(cudaEventRecord(b, S));
+  CHECK(cudaEventSynchronize(b));
+  float ms = 0;
+  CHECK(cudaEventElapsedTime(&ms, a, b));
+  ms /= reps;
+  std::printf("time gemm T,N,K=%s: %.3f ms, %.0f TFLOP/s\n", sh({T, N, K}).c_str(), ms, 2.0 * T * N * K / ms / 1e9);
+}
+
+void time_decode(DT dt, int H, int n, int F, int V, int L) {
+  auto m = random_model(H, n, F, V, L, 8192, dt);
+  BackendOptions opt;
+  auto gpu_b = make_cuda_backend(m->cfg, m->w, opt, nullptr);
+  for (int ctx : {64, 2048}) {
+    auto c = gpu_b->new_cache(ctx + 200);
+    std::vector<int32_t> ids(size_t(ctx), 11);
+    std::vector<float> lg(static_cast<size_t>(V));
+    c->ntk_alpha = 1;
+    auto t0 = std::chrono::steady_clock::now();
+    gpu_b->forward(*c, ids.data(), ctx, lg.data(), false);
+    const double pre = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    c->length = ctx;
+    for (int i = 0; i < 5; i++, c->length++) gpu_b->forward(*c, ids.data(), 1, lg.data(), false);
+    const int steps = 100;
+    t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < steps; i++, c->length++) gpu_b->forward(*c, ids.data(), 1, lg.data(), false);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / steps;
+    // A decode step reads every weight but wte (one row of it); the KV cache read is added.
+    const MemoryReport mr = gpu_b->memory();
+    const double bytes = double(mr.weights) - double(V) * H * 2 + 2.0 * L * H * 2.0 * (ctx + 55);
+    std::printf("time decode H,n,F,V,L=%s ctx %d: %.3f ms/step = %.1f tok/s (host clock, incl. logits copy), "
+                "%.2f GB read/step -> %.0f GB/s; prefill %d tokens %.1f ms = %.0f tok/s\n",
+                sh({H, n, F, V, L}).c_str(), ctx, s * 1e3, 1.0 / s, bytes / 1e9, bytes / s / 1e9, ctx, pre * 1e3,
+                ctx / pre);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool model = true, timing = true;
+  for (int i = 1; i < argc; i++) {
+    std::string a = argv[i];
+    if (a == "--quick") g_quick = true;
+    else if (a == "--no-model") model = false;
+    else if (a == "--no-timing") timing = false;
+    else if (a == "--filter" && i + 1 < argc) g_filter = argv[++i];
+  }
+  if (g_quick) timing = false;
+  if (cuda_device_count() == 0) {
+    std::printf("no CUDA device: nothing to test\n");
+    return 2;
+  }
+  cudaDeviceProp prop;
+  CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s (sm_%d%d, %d SMs)%s\n", prop.name, prop.major, prop.minor, prop.multiProcessorCount,
+              g_quick ? " [quick]" : "");
+  CHECK(cudaStreamCreate(&S));
+  cpu::ThreadPool pool(0);
+  g_pool = &pool;
+  const bool q = g_quick;
+  try {
+    if (want("embedding")) {
+      test_embedding(DT::BF16, q ? 1000 : 151936, q ? 128 : 4096, 7);
+      test_embedding(DT::F16, 1000, 128, 5);
+    }
+    if (want("rmsnorm")) {
+      for (auto [T, H] : std::vector<std::pair<int, int>>{{1, 16}, {3, 128}, {1, 4096}, {17, 5120}, {5, 2048}})
+        if (!q || H <= 128) test_rmsnorm(DT::BF16, T, H);
+      test_rmsnorm(DT::F16, 2, 4096);
+    }
+    if (want("linear")) {
+      struct L { int T, N, K; bool bias, acc; };
+      std::vector<L> full = {{1, 12288, 4096, false, false}, {1, 4096, 4096, false, true}, {1, 4096, 11008, true, true},
+                             {1, 2048, 5504, false, false},  {1, 5120, 13696, false, true}, {1, 151936, 4096, false, false},
+                             {1, 152064, 5120, false, false}, {1, 1000, 128, true, false},  {1, 16, 16, false, false},
+                             {1, 48, 16, true, false},        {2, 4096, 4096, false, true}, {37, 12288, 4096, false, false},
+                             {130, 22016, 4096, true, false}, {200, 4096, 11008, false, true}, {65, 5120, 13696, false, true},
+                             {300, 2048, 5504, false, false}, {5, 151936, 4096, false, false}, {513, 1000, 128, true, false},
+                             {3, 16, 16, false, false},       {9, 48, 16, true, true},      {64, 11008, 2048, false, false}};
+      std::vector<L> quick = {{1, 1000, 128, true, false}, {1, 16, 16, false, true},   {1, 300, 5504, false, false},
+                              {3, 16, 16, false, false},   {130, 200, 136, true, true}, {33, 260, 5504, false, false}};
+      for (const L& c : q ? quick : full) test_linear(DT::BF16, c.T, c.N, c.K, c.bias, c.acc);
+      test_linear(DT::F16, 1, q ? 300 : 4096, q ? 128 : 4096, true, false);
+      test_linear(DT::F16, q ? 40 : 200, q ? 300 : 4096, q ? 128 : 4096, true, true);
+    }
+    if (want("gemv_swiglu")) {
+      if (!q) {
+        test_gemv_swiglu(DT::BF16, 5504, 2048, false);
+        test_gemv_swiglu(DT::BF16, 11008, 4096, false);
+        test_gemv_swiglu(DT::BF16, 13696, 5120, true);
+        test_gemv_swiglu(DT::F16, 11008, 4096, false);
+      }
+      test_gemv_swiglu(DT::BF16, 32, 16, false);
+      test_gemv_swiglu(DT::BF16, 255, 128, true);
+    }
+    if (want("swiglu")) {
+      test_swiglu(DT::BF16, 3, q ? 256 : 13696);
+      test_swiglu(DT::BF16, 2, 32);
+      test_swiglu(DT::F16, 2, 5504);
+    }
+    if (want("rope")) {
+      test_rope(DT::BF16, 1, 32, 128, 0, 8192, 1);
+      test_rope(DT::BF16, 3, 2, 8, 0, 8192, 1);
+      test_rope(DT::BF16, 5, 2, 64, 60, 64, 1);
+      if (!q) {
+        test_rope(DT::BF16, 1, 32, 128, 9000, 8192, 3);
+        test_rope(DT::BF16, 17, 32, 128, 8185, 8192, 3);
+        test_rope(DT::BF16, 33, 16, 128, 30000, 2048, 31);
+      }
+      test_rope(DT::F16, 4, 4, 128, 2040, 2048, 3);
+    }
+    if (want("attention_decode")) {
+      const int cap = q ? 600 : 8192, splits = cuda::ceil_div(cap, 256);
+      std::vector<int> lens = q ? std::vector<int>{1, 7, 255, 256, 257, 600}
+                                : std::vector<int>{1, 2, 7, 255, 256, 257, 1000, 4097, 8191, 8192};
+      for (int len : lens) test_attention_decode(DT::BF16, q ? 4 : 32, 128, len, cap, splits);
+      test_attention_decode(DT::BF16, 2, 64, 65, 100, 1);
+      test_attention_decode(DT::BF16, 2, 8, 300, 300, 2);
+      test_attention_decode(DT::BF16, 2, 16, 50, 64, 1);
+      test_attention_decode(DT::BF16, 2, 256, 333, 400, 2);
+      test_attention_decode(DT::F16, 8, 128, 1000, 1024, 4);
+      test_attention_decode(DT::BF16, 4, 128, 300, 512, 2, 5);  // several queries, split
+    }
+    if (want("attention_prefill")) {
+      struct P { int n, d, T, pos0, chunks; DT dt; };
+      std::vector<P> full = {{32, 128, 64, 0, 1, DT::BF16},   {32, 128, 100, 0, 1, DT::BF16}, {8, 128, 300, 0, 1, DT::BF16},
+                             {8, 128, 300, 0, 3, DT::BF16},   {8, 128, 128, 77, 1, DT::BF16}, {8, 128, 517, 1000, 1, DT::BF16},
+                             {4, 128, 2048, 0, 1, DT::BF16},  {4, 128, 1500, 2000, 4, DT::BF16}, {2, 64, 70, 0, 1, DT::BF16},
+                             {2, 64, 129, 3, 2, DT::BF16},    {8, 128, 200, 50, 1, DT::F16},  {2, 64, 100, 0, 1, DT::F16},
+                             {2, 8, 20, 0, 1, DT::BF16},      {2, 8, 40, 15, 2, DT::BF16},    {2, 16, 33, 4, 1, DT::BF16},
+                             {32, 128, 7, 8185, 1, DT::BF16}, {32, 128, 2, 0, 1, DT::BF16}};
+      std::vector<P> quick = {{2, 128, 100, 0, 1, DT::BF16}, {2, 128, 130, 70, 2, DT::BF16}, {2, 64, 70, 0, 1, DT::BF16},
+                              {2, 8, 20, 0, 1, DT::BF16},    {2, 64, 65, 3, 1, DT::F16}};
+      for (const P& c : q ? quick : full) test_attention_prefill(c.dt, c.n, c.d, c.T, c.pos0, c.chunks);
+    }
+    if (model && want("model")) {
+      // tiny fixture shape (H 128, n 2, d 64, F 256, V 1000, S 64): prompt 70 > S: NTK alpha 3, logn on.
+      test_model("tiny", 128, 2, 256, 1000, 2, 64, 70, 4, true, DT::BF16);
+      test_model("tiny", 128, 2, 256, 1000, 2, 64, 20, 3, true, DT::F16);
+      // chat fixture shape (H 16, n 2, d 8, F 32, V 151936).
+      test_model("chat-tiny", 16, 2, 32, q ? 1000 : 151936, 2, 8192, 9, 3, false, DT::BF16);
+      if (!q) {
+        // more than one internal prefill pass (512 tokens each)
+        test_model("tiny-long", 128, 2, 256, 1000, 2, 64, 1100, 2, false, DT::BF16);
+        // 7B shapes, 2 layers; S = 16 so the prompt of 20 gets NTK alpha 3 and logn scaling.
+        test_model("7B-shaped-2L", 4096, 32, 11008, 151936, 2, 16, 20, 4, false, DT::BF16);
+      }
+      test_two_caches(DT::BF16);
+      test_errors();
+      test_f16_converter();
+      test_graph_vs_eager(DT::BF16);
+    }
+    if (timing && want("time")) {
+      time_gemm(DT::BF16, 512, 22016, 4096);
+      time_gemm(DT::BF16, 512, 4096, 11008);
+      time_decode(DT::BF16, 4096, 32, 11008, 151936, 2);
+      time_decode(DT::BF16, 4096, 32, 11008, 151936, 32);  // Qwen-7B shapes, random weights
+      time_decode(DT::BF16, 2048, 16, 5504, 151936, 24);   // Qwen-1.8B shapes
+    }
+  } catch (const std::exception& e) {
+    std::printf("FAIL exception: %s\n", e.what());
+    g_failures++;
+  }
+  std::printf("%d/%d cases passed%s\n", g_cases - g_failures, g_cases, g_failures ? "  ** FAILURES **" : "");
+  return g_failures ? 1 : 0;
+}

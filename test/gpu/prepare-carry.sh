@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Run HERE (not on the GPU machine) before a device run: assembles .carry/ (git-ignored) with what
+# the GPU machine lacks: our node binary, the two runtime npm packages, the compiled TypeScript,
+# the fixtures and the torch yardstick. Name `.carry` and `build` in the device call's carry list.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+shared=${QWEN_SHARED:-../shared}
+mkdir -p .carry
+[ -f .carry/node.xz ] || bash "$shared/tools/pack-node.sh"
+rm -rf .carry/node_modules .carry/fixtures .carry/dist
+mkdir -p .carry/node_modules/tiktoken .carry/fixtures
+cp -r node_modules/node-gyp-build .carry/node_modules/
+cp node_modules/tiktoken/package.json .carry/node_modules/tiktoken/
+cp -r node_modules/tiktoken/lite .carry/node_modules/tiktoken/
+cp -r dist .carry/dist
+# cp -L: the fixtures hold symbolic links (chat-tiny-bf16/qwen.tiktoken, the kvcache model)
+for f in tiny-fp32 tiny-bf16 tiny-fp16 chat-tiny-bf16 tokenizer tiny-gptq-int4 tiny-gptq-int4-actorder tiny-gptq-int8 tiny-fp32-kvcache-int8; do
+  cp -rL "$shared/fixtures/$f" .carry/fixtures/ 2>/dev/null || cp -r "$shared/fixtures/$f" .carry/fixtures/
+done
+cp "$shared/fixtures/README.md" .carry/fixtures/
+cp "$shared/tools/torch_yardstick.py" .carry/
+du -sh .carry
