@@ -69,7 +69,7 @@ if [ -f .carry/node.xz ] && [ -f build/Release/qwen_native.node ]; then
   python3 -c "import lzma,shutil;shutil.copyfileobj(lzma.open('.carry/node.xz'),open('/tmp/node','wb'))" && chmod +x /tmp/node
   export PATH=/tmp:$PATH
   [ -e node_modules ] || ln -s .carry/node_modules node_modules
-  [ -e dist ] || ln -s .carry/dist dist
+  [ -e dist ] || cp -r .carry/dist dist  # a copy: the addon is found relative to dist/
   ldd build/Release/qwen_native.node > "$LOGS/ldd.txt"
   record "addon ldd: cuda libs" "$(grep -ciE 'libcuda|libcublas' "$LOGS/ldd.txt") (expect 0: cudart static, libcuda dlopened)"
   QWEN_FIXTURES=$PWD/.carry/fixtures QWEN_DEVICE=cuda timeout 300 node --test --test-concurrency=1 \
