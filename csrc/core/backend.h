@@ -59,6 +59,20 @@ std::unique_ptr<Backend> make_cpu_backend(const ModelConfig& cfg, const ModelWei
 // cuda/model_cuda.cu, or cuda/unavailable.cpp when the addon was built without nvcc
 bool cuda_compiled();
 int cuda_device_count();  // 0 when no driver or no GPU; never throws
+// What the CUDA runtime sees (cuda/device_info.cu): for `doctor` and for load errors that name
+// the driver version found and the one needed. Never throws.
+struct CudaDeviceInfo {
+  std::string name;
+  int major = 0, minor = 0;  // compute capability
+  size_t memory = 0;         // bytes
+};
+struct CudaInfo {
+  int driver_version = 0;   // e.g. 13000 for CUDA 13.0; 0 when no driver is installed
+  int runtime_version = 0;  // the CUDA runtime this addon was built with (0 without CUDA)
+  std::string error;        // why no device is usable, or empty
+  std::vector<CudaDeviceInfo> devices;
+};
+CudaInfo cuda_info();
 std::unique_ptr<Backend> make_cuda_backend(const ModelConfig& cfg, const ModelWeights& w, const BackendOptions& opt,
                                            const ProgressFn& progress);
 

@@ -6,6 +6,11 @@ namespace qwen {
 
 bool cuda_compiled() { return false; }
 int cuda_device_count() { return 0; }
+CudaInfo cuda_info() {
+  CudaInfo info;
+  info.error = "this build of qwen-native has no CUDA backend (compiled without nvcc)";
+  return info;
+}
 
 std::unique_ptr<Backend> make_cuda_backend(const ModelConfig&, const ModelWeights&, const BackendOptions&,
                                            const ProgressFn&) {

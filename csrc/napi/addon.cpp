@@ -142,6 +142,30 @@ Napi::Value CudaDeviceCount(const Napi::CallbackInfo& info) {
 
 Napi::Value CudaCompiled(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), cuda_compiled()); }
 
+// cudaDriverInfo() -> { compiled, driverVersion, runtimeVersion, error, devices: [{ index, name,
+// computeCapability: "9.0", memory }] }; versions as CUDA writes them (13000 = 13.0).
+Napi::Value CudaDriverInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  CudaInfo ci = cuda_info();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("compiled", cuda_compiled());
+  o.Set("driverVersion", ci.driver_version);
+  o.Set("runtimeVersion", ci.runtime_version);
+  o.Set("error", ci.error.empty() ? env.Null() : Napi::String::New(env, ci.error));
+  Napi::Array devs = Napi::Array::New(env, ci.devices.size());
+  for (size_t i = 0; i < ci.devices.size(); i++) {
+    const CudaDeviceInfo& d = ci.devices[i];
+    Napi::Object x = Napi::Object::New(env);
+    x.Set("index", double(i));
+    x.Set("name", d.name);
+    x.Set("computeCapability", std::to_string(d.major) + "." + std::to_string(d.minor));
+    x.Set("memory", double(d.memory));
+    devs.Set(uint32_t(i), x);
+  }
+  o.Set("devices", devs);
+  return o;
+}
+
 }  // namespace
 
 // ---- NativeModel ----
@@ -248,6 +272,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("loadModel", Napi::Function::New<LoadModel>(env, "loadModel"));
   exports.Set("cudaDeviceCount", Napi::Function::New<CudaDeviceCount>(env, "cudaDeviceCount"));
   exports.Set("cudaCompiled", Napi::Function::New<CudaCompiled>(env, "cudaCompiled"));
+  exports.Set("cudaDriverInfo", Napi::Function::New<CudaDriverInfo>(env, "cudaDriverInfo"));
   return exports;
 }
 
