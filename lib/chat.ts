@@ -111,3 +111,106 @@ export function decodeReply(tok: Tokenizer, ids: TokenIds, chatFormat: ChatForma
   const text = tok.decode(Array.prototype.slice.call(ids, 0, end));
   return chatFormat === 'chatml' ? pyStrip(text) : trimReply(text, 'raw');
 }
+
+// ---- Qwen1.5 / Qwen2 / Qwen2.5 / Qwen3 (model_type "qwen2" / "qwen3"): the tokenizer_config.json template ----
+
+export const QWEN2_DEFAULT_SYSTEM = 'You are a helpful assistant.';
+export const QWEN25_DEFAULT_SYSTEM = 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.';
+
+/**
+ * What we take from a Hugging Face chat template. We do not run Jinja: the Qwen templates are all
+ * ChatML (`<|im_start|>{role}\n{content}<|im_end|>\n` per message, `<|im_start|>assistant\n` to
+ * prompt), differing only in the system message inserted when the caller gives none (Qwen1.5/2:
+ * "You are a helpful assistant[.]", Qwen2.5: "You are Qwen, created by Alibaba Cloud. ...", Qwen3:
+ * none) and Qwen3's `enable_thinking` switch.
+ */
+export interface ChatTemplateInfo {
+  /** The system message the template inserts when the conversation has none; null: none. */
+  defaultSystem: string | null;
+  /** The template knows `enable_thinking` (Qwen3): false opens the reply with an empty think block. */
+  thinking: boolean;
+}
+
+/**
+ * Reads a chat_template (tokenizer_config.json's string, or the first of its named list). Returns
+ * null when it is not ChatML, so the caller can say so instead of building a wrong prompt.
+ */
+export function parseChatTemplate(template: unknown): ChatTemplateInfo | null {
+  let t = template;
+  if (Array.isArray(t)) t = (t.find((x) => x?.name === 'default') ?? t[0])?.template;
+  if (typeof t !== 'string' || !t.includes(IM_START) || !t.includes(IM_END)) return null;
+  // The default system literal: '<|im_start|>system\n...<|im_end|>' inside a Jinja string, with the
+  // newline as a real newline or as the two characters \n.
+  const m = /<\|im_start\|>system(?:\n|\\n)([^'"{}]*?)<\|im_end\|>/.exec(t);
+  return { defaultSystem: m ? m[1] : null, thinking: t.includes('enable_thinking') };
+}
+
+export interface ChatMessage {
+  role: string;
+  content: string;
+}
+
+export interface ChatMLOptions {
+  template?: ChatTemplateInfo | null;
+  /** Qwen3: false starts the assistant turn with "<think>\n\n</think>\n\n" (no reasoning). */
+  enableThinking?: boolean;
+}
+
+/**
+ * The prompt the Qwen2/2.5/3 chat templates render for `messages` with add_generation_prompt, as
+ * ids. Like makeContext, message contents are encoded with specials disallowed (text that spells
+ * "<|im_end|>" stays text; Hugging Face's tokenizer would turn it into the control token); the
+ * text between two control tokens is encoded as one piece, as the Hugging Face tokenizer does.
+ * Qwen3: earlier assistant turns keep only the text after their last "</think>", as its template does.
+ */
+export function buildChatML(tok: Tokenizer, messages: readonly ChatMessage[], opts: ChatMLOptions = {}): { rawText: string; tokens: number[] } {
+  const template = opts.template ?? { defaultSystem: QWEN2_DEFAULT_SYSTEM, thinking: false };
+  const msgs = [...messages];
+  if (template.defaultSystem !== null && (msgs.length === 0 || msgs[0].role !== 'system'))
+    msgs.unshift({ role: 'system', content: template.defaultSystem });
+  const tokens: number[] = [];
+  let rawText = '';
+  const text = (s: string) => {
+    rawText += s;
+    tokens.push(...tok.encode(s));
+  };
+  const special = (id: number, s: string) => {
+    rawText += s;
+    tokens.push(id);
+  };
+  let lastUser = -1;
+  msgs.forEach((m, i) => { if (m.role === 'user') lastUser = i; });
+  msgs.forEach((m, i) => {
+    let content = m.content;
+    if (template.thinking && m.role === 'assistant' && i < lastUser && content.includes('</think>'))
+      content = content.slice(content.lastIndexOf('</think>') + '</think>'.length).replace(/^\n+/, '');
+    special(tok.imStartId, IM_START);
+    text(`${m.role}\n${content}`);
+    special(tok.imEndId, IM_END);
+    text('\n');
+  });
+  special(tok.imStartId, IM_START);
+  text('assistant\n');
+  if (template.thinking && opts.enableThinking === false) {
+    // <think> and </think> are added tokens of Qwen3's vocabulary: encode them as such.
+    rawText += '<think>\n\n</think>\n\n';
+    tokens.push(...tok.encode('<think>\n\n</think>\n\n', { allowSpecial: true }));
+  }
+  return { rawText, tokens };
+}
+
+/** A chat turn (history + query) through buildChatML; `system` replaces the template's default. */
+export function makeChatMLContext(
+  tok: Tokenizer,
+  query: string,
+  opts: { history?: readonly HistoryTurn[]; system?: string; template?: ChatTemplateInfo | null; enableThinking?: boolean } = {},
+): { rawText: string; tokens: number[] } {
+  const messages: ChatMessage[] = [];
+  if (opts.system !== undefined) messages.push({ role: 'system', content: opts.system });
+  for (const h of opts.history ?? []) {
+    const [q, r] = unpack(h);
+    messages.push({ role: 'user', content: q }, { role: 'assistant', content: r });
+  }
+  messages.push({ role: 'user', content: query });
+  return buildChatML(tok, messages, { template: opts.template, enableThinking: opts.enableThinking });
+}

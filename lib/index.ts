@@ -12,5 +12,5 @@ export type {
   ChatResult,
 } from './model';
 export { Tokenizer, TextStreamDecoder } from './tokenizer';
-export { makeContext, chatStopIds, decodeReply } from './chat';
-export type { ChatTurn, HistoryTurn, ChatFormat } from './chat';
+export { makeContext, chatStopIds, decodeReply, buildChatML, makeChatMLContext, parseChatTemplate } from './chat';
+export type { ChatTurn, HistoryTurn, ChatFormat, ChatMessage, ChatTemplateInfo } from './chat';

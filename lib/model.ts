@@ -5,8 +5,17 @@ import path from 'node:path';
 import { randomInt } from 'node:crypto';
 
 import { native, type NativeConfig, type NativeModel, type NativeSequence } from './native';
-import { TextStreamDecoder, Tokenizer } from './tokenizer';
-import { chatStopIds, decodeReply, makeContext, type ChatFormat, type HistoryTurn } from './chat';
+import { TextStreamDecoder, Tokenizer, VOCAB_FILES } from './tokenizer';
+import {
+  chatStopIds,
+  decodeReply,
+  makeChatMLContext,
+  makeContext,
+  parseChatTemplate,
+  type ChatFormat,
+  type ChatTemplateInfo,
+  type HistoryTurn,
+} from './chat';
 
 export type Device = 'cpu' | 'cuda' | 'auto';
 
@@ -82,8 +91,14 @@ export interface CompletionResult {
 
 export interface ChatOptions extends GenerateOptions {
   history?: readonly HistoryTurn[];
-  /** Default "You are a helpful assistant.". */
+  /**
+   * Default "You are a helpful assistant." (Qwen v1); for qwen2/qwen3 checkpoints, the default of the
+   * chat template in tokenizer_config.json (Qwen2.5: "You are Qwen, created by Alibaba Cloud. ...";
+   * Qwen3: none).
+   */
   system?: string;
+  /** Qwen3 only: false disables thinking (the reply opens with an empty <think></think> block). */
+  enableThinking?: boolean;
   /** Default: generation_config.json's max_window_size, else 6144. */
   maxWindowSize?: number;
   stream?: boolean;
@@ -195,6 +210,8 @@ export class Model {
   readonly contextLength: number;
   #native: NativeModel | null;
   readonly #sequences = new Set<Sequence>();
+  // qwen2/qwen3: tokenizer_config.json's chat template (null: not ChatML; undefined: none given).
+  #chatTemplate: ChatTemplateInfo | null | undefined = undefined;
 
   private constructor(dir: string, nm: NativeModel, gen: GenerationConfig, tok: Tokenizer | null) {
     this.dir = dir;
@@ -222,13 +239,17 @@ export class Model {
     const abs = path.resolve(dir);
     if (!fs.existsSync(abs) || !fs.statSync(abs).isDirectory()) throw new Error(`Model.load: ${abs} is not a folder`);
     const addon = native();
-    const useCuda = device === 'cuda' || (device === 'auto' && addon.cudaCompiled() && addon.cudaDeviceCount() > 0);
+    const modelType = readModelType(abs);
+    // The CUDA backend runs model_type "qwen" only for now (the core refuses the others on 'cuda'):
+    // 'auto' takes the CPU for qwen2/qwen3 checkpoints.
+    const cudaFamily = modelType === 'qwen';
+    const useCuda = device === 'cuda' || (device === 'auto' && cudaFamily && addon.cudaCompiled() && addon.cudaDeviceCount() > 0);
     const gen = (readJsonIfExists(path.join(abs, 'generation_config.json')) ?? {}) as GenerationConfig;
     // The tokenizer parses while the native side loads the weights.
     let tokLoad: Promise<Tokenizer | null> = Promise.resolve(null);
     if (o.tokenizer instanceof Tokenizer) tokLoad = Promise.resolve(o.tokenizer);
     else if (typeof o.tokenizer === 'string') tokLoad = Tokenizer.load(o.tokenizer);
-    else if (o.tokenizer === undefined && fs.existsSync(path.join(abs, 'qwen.tiktoken'))) tokLoad = Tokenizer.load(abs);
+    else if (o.tokenizer === undefined && VOCAB_FILES.some((f) => fs.existsSync(path.join(abs, f)))) tokLoad = Tokenizer.load(abs);
     tokLoad.catch(() => {}); // awaited below, after the weights
     const onProgress = o.onProgress;
     const nm = await addon.loadModel(
@@ -249,7 +270,12 @@ export class Model {
       nm.dispose();
       throw err;
     }
-    return new Model(abs, nm, gen, tok);
+    const model = new Model(abs, nm, gen, tok);
+    if (model.config.modelType !== 'qwen') {
+      const tc = readJsonIfExists(path.join(abs, 'tokenizer_config.json'));
+      model.#chatTemplate = tc && 'chat_template' in tc ? parseChatTemplate(tc.chat_template) : undefined;
+    }
+    return model;
   }
 
   #live(what: string): NativeModel {
@@ -274,7 +300,8 @@ export class Model {
   }
 
   #tokenizer(what: string): Tokenizer {
-    if (!this.tokenizer) throw new Error(`${what}: the model has no tokenizer (no qwen.tiktoken in ${this.dir}); pass token ids or the tokenizer option`);
+    if (!this.tokenizer)
+      throw new Error(`${what}: the model has no tokenizer (no ${VOCAB_FILES.join(', ')} in ${this.dir}); pass token ids or the tokenizer option`);
     return this.tokenizer;
   }
 
@@ -430,14 +457,27 @@ export class Model {
   private chatTurn(query: string, options: ChatOptions) {
     if (typeof query !== 'string') throw new TypeError('chat: query must be a string');
     const tok = this.#tokenizer('chat');
-    const format: ChatFormat = this.generationConfig.chat_format === 'raw' ? 'raw' : 'chatml';
+    const v1 = this.config.modelType === 'qwen';
+    const format: ChatFormat = v1 && this.generationConfig.chat_format === 'raw' ? 'raw' : 'chatml';
     checkNumber('maxWindowSize', options.maxWindowSize, 1, 1 << 24, true);
-    const { tokens } = makeContext(tok, query, {
-      history: options.history,
-      system: options.system,
-      maxWindowSize: options.maxWindowSize ?? this.generationConfig.max_window_size ?? 6144,
-      chatFormat: format,
-    });
+    if (options.enableThinking !== undefined && typeof options.enableThinking !== 'boolean')
+      throw new TypeError('option enableThinking must be a boolean');
+    if (!v1 && this.#chatTemplate === null)
+      throw new Error(`chat: the chat_template in ${path.join(this.dir, 'tokenizer_config.json')} is not ChatML; build the prompt yourself and use generate`);
+    // qwen2/qwen3: the template's ChatML; without a tokenizer_config.json, Qwen2's default system.
+    const { tokens } = v1
+      ? makeContext(tok, query, {
+          history: options.history,
+          system: options.system,
+          maxWindowSize: options.maxWindowSize ?? this.generationConfig.max_window_size ?? 6144,
+          chatFormat: format,
+        })
+      : makeChatMLContext(tok, query, {
+          history: options.history,
+          system: options.system,
+          template: this.#chatTemplate,
+          enableThinking: options.enableThinking,
+        });
     const stops = chatStopIds(tok, format);
     const finish = (r: CompletionResult): ChatResult => {
       const response = decodeReply(tok, r.tokens, format);
@@ -490,6 +530,16 @@ export class Model {
     for (const s of [...this.#sequences]) s.dispose();
     this.#native?.dispose();
     this.#native = null;
+  }
+}
+
+/** config.json's model_type ("qwen" when absent or unreadable: the native loader reports those). */
+function readModelType(dir: string): string {
+  try {
+    const c = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));
+    return typeof c?.model_type === 'string' ? c.model_type : 'qwen';
+  } catch {
+    return 'qwen';
   }
 }
 

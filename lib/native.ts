@@ -2,11 +2,14 @@
 import path from 'node:path';
 
 export interface NativeConfig {
+  /** config.json's model_type: "qwen" (v1), "qwen2" (Qwen1.5/2/2.5) or "qwen3". */
   modelType: string;
   vocabSize: number;
   hiddenSize: number;
   numLayers: number;
   numHeads: number;
+  /** KV heads: numHeads for model_type "qwen"; num_key_value_heads (GQA) for "qwen2"/"qwen3". */
+  numKvHeads: number;
   headDim: number;
   ffnSize: number;
   rmsEps: number;
@@ -15,6 +18,8 @@ export interface NativeConfig {
   useDynamicNtk: boolean;
   useLognAttn: boolean;
   useCacheQuantization: boolean;
+  tieWordEmbeddings: boolean;
+  maxPositionEmbeddings: number;
   gptq: { bits: number; groupSize: number; descAct: boolean } | null;
 }
 

@@ -42,8 +42,6 @@ function* parseVocabSteps(text: string, file: string, specials: Map<string, numb
   const lines = text.split('\n');
   const ranks: number[] = [];
   const pieces: Buffer[] = [];
-  const canonical: string[] = [];
-  let maxRank = -1;
   for (let lineNo = 0; lineNo < lines.length; lineNo++) {
     if (lineNo % 8192 === 8191) yield;
     const line = lines[lineNo].trim();
@@ -61,20 +59,26 @@ function* parseVocabSteps(text: string, file: string, specials: Map<string, numb
     if (rank >= SPECIAL_START_ID) throw bad(`line ${lineNo + 1}: rank ${rank} collides with the special-token ids`);
     ranks.push(rank);
     pieces.push(Buffer.from(b64, 'base64'));
-    canonical.push(`${b64} ${rank}`);
-    if (rank > maxRank) maxRank = rank;
   }
-  if (ranks.length === 0) throw bad('no tokens');
   yield;
+  return buildVocab(pieces, ranks, specials, bad);
+}
 
+/** The vocabulary tables from token bytes and their ranks (= ids), plus the special tokens' ids. */
+function buildVocab(pieces: Buffer[], ranks: number[], specials: Map<string, number>, bad: (msg: string) => Error): Vocab {
+  if (ranks.length === 0) throw bad('no tokens');
+  let maxRank = -1;
+  for (const r of ranks) if (r > maxRank) maxRank = r;
   const specialBytes = new Map<number, Buffer>();
   for (const [name, id] of specials) specialBytes.set(id, Buffer.from(name, 'utf8'));
   const size = Math.max(maxRank, ...specialBytes.keys()) + 1;
   const lengths = new Uint32Array(size);
   const byId: (Buffer | undefined)[] = new Array(size);
+  const canonical: string[] = [];
   ranks.forEach((r, i) => {
     if (byId[r]) throw bad(`rank ${r} appears twice`);
     byId[r] = pieces[i];
+    canonical.push(`${pieces[i].toString('base64')} ${r}`);
   });
   for (const [id, b] of specialBytes) byId[id] = b;
   let total = 0;
@@ -87,6 +91,131 @@ function* parseVocabSteps(text: string, file: string, specials: Map<string, numb
     offsets[id + 1] = offsets[id] + lengths[id];
   }
   return { bpeText: canonical.join('\n'), bytes, offsets };
+}
+
+/**
+ * GPT-2's bytes_to_unicode: the printable character that stands for each byte in a byte-level BPE
+ * vocab.json / tokenizer.json (Qwen1.5/2/2.5/3 ship those). Returns char code -> byte.
+ */
+function unicodeToBytes(): Map<number, number> {
+  const bs: number[] = [];
+  for (let b = 0x21; b <= 0x7e; b++) bs.push(b);
+  for (let b = 0xa1; b <= 0xac; b++) bs.push(b);
+  for (let b = 0xae; b <= 0xff; b++) bs.push(b);
+  const cs = bs.slice();
+  let n = 0;
+  for (let b = 0; b < 256; b++) {
+    if (!bs.includes(b)) {
+      bs.push(b);
+      cs.push(256 + n++);
+    }
+  }
+  return new Map(cs.map((c, i) => [c, bs[i]]));
+}
+let BYTE_DECODER: Map<number, number> | null = null;
+
+/**
+ * A byte-level BPE vocabulary (vocab.json's object, or tokenizer.json's model.vocab: token string ->
+ * id) as tiktoken ranks: rank = id, token bytes through the GPT-2 byte table. Qwen's merges follow
+ * the ranks (the vocabulary was converted from the same tiktoken file), so BPE by rank alone gives
+ * the same ids as by merges.txt; merges are not read. Ids that are also special tokens are skipped.
+ */
+function* parseByteLevelVocabSteps(
+  vocab: unknown,
+  file: string,
+  specials: Map<string, number>,
+): Generator<void, Vocab> {
+  const bad = (msg: string) => new Error(`Corrupt tokenizer file ${file}: ${msg}`);
+  if (!vocab || typeof vocab !== 'object' || Array.isArray(vocab)) throw bad('the vocabulary is not an object of token -> id');
+  const dec = (BYTE_DECODER ??= unicodeToBytes());
+  const specialIds = new Set(specials.values());
+  const ranks: number[] = [];
+  const pieces: Buffer[] = [];
+  let i = 0;
+  for (const [tok, id] of Object.entries(vocab as Record<string, unknown>)) {
+    if (++i % 8192 === 0) yield;
+    if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id > 0x7fffffff)
+      throw bad(`token ${JSON.stringify(tok)} has id ${JSON.stringify(id)}, not a non-negative integer`);
+    if (specialIds.has(id)) continue;
+    const b = Buffer.allocUnsafe(tok.length);
+    for (let k = 0; k < tok.length; k++) {
+      const v = dec.get(tok.charCodeAt(k));
+      if (v === undefined) throw bad(`token ${JSON.stringify(tok)} (id ${id}) is not byte-level BPE text`);
+      b[k] = v;
+    }
+    ranks.push(id);
+    pieces.push(b);
+  }
+  yield;
+  return buildVocab(pieces, ranks, specials, bad);
+}
+
+/** Special tokens from tokenizer.json's added_tokens or tokenizer_config.json's added_tokens_decoder. */
+function addedTokens(list: unknown, file: string): Map<string, number> {
+  const out = new Map<string, number>();
+  const add = (content: unknown, id: unknown) => {
+    if (typeof content !== 'string' || content === '' || typeof id !== 'number' || !Number.isInteger(id) || id < 0)
+      throw new Error(`Corrupt tokenizer file ${file}: added token ${JSON.stringify(content)} with id ${JSON.stringify(id)}`);
+    out.set(content, id);
+  };
+  if (Array.isArray(list)) for (const t of list) add(t?.content, t?.id);
+  else if (list && typeof list === 'object')
+    for (const [id, t] of Object.entries(list as Record<string, { content?: unknown }>)) add(t?.content, Number(id));
+  return out;
+}
+
+/** The special tokens of Qwen1.5/2/2.5 when a vocab.json comes without tokenizer_config.json. */
+function qwen2DefaultSpecials(): Map<string, number> {
+  return new Map([
+    [ENDOFTEXT, SPECIAL_START_ID],
+    [IM_START, SPECIAL_START_ID + 1],
+    [IM_END, SPECIAL_START_ID + 2],
+  ]);
+}
+
+function parseJson(text: string, file: string): Record<string, unknown> {
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new Error(`Corrupt tokenizer file ${file}: invalid JSON (${(err as Error).message})`);
+  }
+}
+
+/** Which vocabulary files a checkpoint folder holds, in order of preference. */
+export const VOCAB_FILES = [VOCAB_FILE, 'tokenizer.json', 'vocab.json'] as const;
+
+interface Parsed {
+  steps: Generator<void, Vocab>;
+  specials: Map<string, number>;
+}
+
+/**
+ * The parser for `file` (already read as `text`): qwen.tiktoken (Qwen v1), tokenizer.json
+ * (model.vocab + added_tokens), or vocab.json (+ tokenizer_config.json's added_tokens_decoder
+ * beside it for the special tokens; merges.txt is not needed, see parseByteLevelVocabSteps).
+ */
+function parserFor(file: string, text: string, readSibling: (name: string) => string | null): Parsed {
+  const base = path.basename(file);
+  if (!base.endsWith('.json')) {
+    const specials = qwenSpecialTokens();
+    return { steps: parseVocabSteps(text, file, specials), specials };
+  }
+  const j = parseJson(text, file);
+  const model = j.model as Record<string, unknown> | undefined;
+  if (model && typeof model === 'object' && 'vocab' in model) {
+    if (model.type !== undefined && model.type !== 'BPE')
+      throw new Error(`Tokenizer file ${file}: model type ${JSON.stringify(model.type)} is not supported (supported: byte-level BPE)`);
+    const specials = addedTokens(j.added_tokens, file);
+    return { steps: parseByteLevelVocabSteps(model.vocab, file, specials), specials };
+  }
+  let specials = qwen2DefaultSpecials();
+  const cfgText = readSibling('tokenizer_config.json');
+  if (cfgText !== null) {
+    const cfgFile = path.join(path.dirname(file), 'tokenizer_config.json');
+    const found = addedTokens(parseJson(cfgText, cfgFile).added_tokens_decoder, cfgFile);
+    if (found.size) specials = found;
+  }
+  return { steps: parseByteLevelVocabSteps(j, file, specials), specials };
 }
 
 export type TokenIds = ArrayLike<number>;
@@ -109,14 +238,29 @@ export class Tokenizer {
     this.vocab = vocab;
     this.path = file;
     this.specialTokens = specials;
-    this.eodId = specials.get(ENDOFTEXT)!;
-    this.imStartId = specials.get(IM_START)!;
-    this.imEndId = specials.get(IM_END)!;
+    const eod = specials.get(ENDOFTEXT);
+    if (eod === undefined) throw new Error(`Tokenizer file ${file}: no ${ENDOFTEXT} special token`);
+    this.eodId = eod;
+    // Every Qwen vocabulary has them; -1 ("never produced") for a foreign one that does not.
+    this.imStartId = specials.get(IM_START) ?? -1;
+    this.imEndId = specials.get(IM_END) ?? -1;
     this.vocabSize = this.vocab.offsets.length - 1;
   }
 
   private static resolve(dirOrFile: string, isDir: boolean): string {
-    return isDir ? path.join(dirOrFile, VOCAB_FILE) : dirOrFile;
+    if (!isDir) return dirOrFile;
+    for (const f of VOCAB_FILES) if (fs.existsSync(path.join(dirOrFile, f))) return path.join(dirOrFile, f);
+    return path.join(dirOrFile, VOCAB_FILE);
+  }
+
+  private static sibling(file: string): (name: string) => string | null {
+    return (name) => {
+      try {
+        return fs.readFileSync(path.join(path.dirname(file), name), 'utf8');
+      } catch {
+        return null;
+      }
+    };
   }
 
   private static readError(file: string, err: unknown): Error {
@@ -125,7 +269,10 @@ export class Tokenizer {
     return new Error(`Tokenizer file ${file} ${what}`, { cause: err });
   }
 
-  /** Load from a checkpoint folder (its qwen.tiktoken) or from the path of a qwen.tiktoken file. */
+  /**
+   * Load from a checkpoint folder (its qwen.tiktoken, else tokenizer.json, else vocab.json) or from
+   * the path of one of those files.
+   */
   static async load(dirOrFile: string): Promise<Tokenizer> {
     let file = dirOrFile;
     let text: string;
@@ -135,8 +282,7 @@ export class Tokenizer {
     } catch (err) {
       throw Tokenizer.readError(file, err);
     }
-    const specials = qwenSpecialTokens();
-    const steps = parseVocabSteps(text, file, specials);
+    const { steps, specials } = parserFor(file, text, Tokenizer.sibling(file));
     let r = steps.next();
     while (!r.done) {
       await new Promise<void>((resolve) => setImmediate(resolve));
@@ -154,8 +300,7 @@ export class Tokenizer {
     } catch (err) {
       throw Tokenizer.readError(file, err);
     }
-    const specials = qwenSpecialTokens();
-    const steps = parseVocabSteps(text, file, specials);
+    const { steps, specials } = parserFor(file, text, Tokenizer.sibling(file));
     let r = steps.next();
     while (!r.done) r = steps.next();
     return new Tokenizer(file, r.value, specials);

@@ -25,6 +25,12 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   if (opt.device == "cpu") {
     m->backend_ = make_cpu_backend(m->cfg_, m->weights_, bopt, progress);
   } else if (opt.device == "cuda") {
+    // The CUDA kernels implement SPEC 3 (fused c_attn, MHA, NTK/logn) only; they do not have GQA,
+    // separate q/k/v or q/k norms yet. Refuse before any GPU memory is touched.
+    if (m->cfg_.family != ModelFamily::QwenV1)
+      throw Error(dir + "/config.json: model_type \"" + m->cfg_.model_type +
+                  "\" is not supported on device cuda yet (the CUDA backend runs model_type \"qwen\" only); "
+                  "load it with device 'cpu'");
     m->backend_ = make_cuda_backend(m->cfg_, m->weights_, bopt, progress);
   } else {
     throw Error("device \"" + opt.device + "\" is not supported (supported: cpu, cuda)");
@@ -47,6 +53,7 @@ void Model::forward(KvCache& cache, const int32_t* ids, int n, float* logits, bo
     throw Error("context length exceeded: " + std::to_string(cache.length) + " tokens in the sequence + " +
                 std::to_string(n) + " new > contextLength " + std::to_string(cache.capacity));
   std::lock_guard<std::mutex> lock(mu_);
+  // qwen2/qwen3 configs set use_dynamic_ntk false: alpha stays 1 and rope uses rope_theta as is.
   if (cache.length == 0) cache.ntk_alpha = cfg_.use_dynamic_ntk ? rope_ntk_alpha(n, cfg_.seq_length) : 1.0;
   backend_->forward(cache, ids, n, logits, all_logits);
   cache.length += n;

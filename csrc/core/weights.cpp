@@ -66,8 +66,49 @@ struct Binder {
 
 }  // namespace
 
+namespace {
+
+// SPEC 10: model.embed_tokens, model.layers.{i}.*, model.norm, lm_head (absent when tied).
+ModelWeights bind_qwen2(Binder& b, const Checkpoint& ck, const ModelConfig& cfg) {
+  const int64_t V = cfg.vocab_size, H = cfg.hidden_size, F = cfg.ffn_size, d = cfg.head_dim;
+  const int Q = cfg.q_size(), KV = cfg.kv_size();
+  const bool q3 = cfg.family == ModelFamily::Qwen3;
+  ModelWeights w;
+  w.wte = b.tensor("model.embed_tokens.weight", {V, H});
+  for (int i = 0; i < cfg.num_layers; i++) {
+    std::string p = "model.layers." + std::to_string(i) + ".";
+    LayerWeights l;
+    l.ln_1 = b.tensor(p + "input_layernorm.weight", {H});
+    l.q_proj = b.linear(p + "self_attn.q_proj", int(H), Q, cfg.attention_bias);
+    l.k_proj = b.linear(p + "self_attn.k_proj", int(H), KV, cfg.attention_bias);
+    l.v_proj = b.linear(p + "self_attn.v_proj", int(H), KV, cfg.attention_bias);
+    l.attn_c_proj = b.linear(p + "self_attn.o_proj", Q, int(H), !cfg.no_bias);
+    if (q3) {
+      l.q_norm = b.tensor(p + "self_attn.q_norm.weight", {d});
+      l.k_norm = b.tensor(p + "self_attn.k_norm.weight", {d});
+    }
+    l.ln_2 = b.tensor(p + "post_attention_layernorm.weight", {H});
+    l.w1 = b.linear(p + "mlp.up_proj", int(H), int(F), false);
+    l.w2 = b.linear(p + "mlp.gate_proj", int(H), int(F), false);
+    l.mlp_c_proj = b.linear(p + "mlp.down_proj", int(F), int(H), false);
+    w.layers.push_back(std::move(l));
+  }
+  w.ln_f = b.tensor("model.norm.weight", {H});
+  if (cfg.tie_word_embeddings && !ck.find("lm_head.weight")) {
+    w.lm_head.in = int(H);
+    w.lm_head.out = int(V);
+    w.lm_head.weight = w.wte;
+  } else {
+    w.lm_head = b.linear("lm_head", int(H), int(V), false);
+  }
+  return w;
+}
+
+}  // namespace
+
 ModelWeights bind_weights(const Checkpoint& ck, const ModelConfig& cfg) {
   Binder b{ck, cfg};
+  if (cfg.family != ModelFamily::QwenV1) return bind_qwen2(b, ck, cfg);
   const int64_t V = cfg.vocab_size, H = cfg.hidden_size, F = cfg.ffn_size;
   ModelWeights w;
   w.wte = b.tensor("transformer.wte.weight", {V, H});

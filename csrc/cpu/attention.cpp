@@ -35,34 +35,61 @@ void rope(float* x, int64_t row_stride, int T, int heads, int d, int pos0, doubl
 namespace {
 
 // Causal attention with K/V rows fetched through `row(h, j, buf)`, which returns a pointer to
-// row j of head h (the cache itself for fp32, `buf` after dequantizing for int8).
+// row j of KV head h (the cache itself for fp32, `buf` after dequantizing for int8).
+// n query heads over n_kv KV heads: query head h reads KV head h / g, g = n / n_kv. One work item
+// is (token t, KV head, a chunk of gc query heads of its group): each K/V row is read (and, for
+// int8, dequantized) once per item and used by all gc heads. gc is the whole group unless that
+// leaves fewer items than threads (a decode step over few KV heads). Per query head the arithmetic
+// and its order are those of plain multi-head attention, whatever gc is.
 template <typename RowK, typename RowV>
-void attention_rows(float* out, const float* q, int64_t q_stride, int T, int n, int d, int pos0, ThreadPool& pool,
-                    const RowK& row_k, const RowV& row_v) {
+void attention_rows(float* out, const float* q, int64_t q_stride, int T, int n, int n_kv, int d, int pos0,
+                    ThreadPool& pool, const RowK& row_k, const RowV& row_v) {
   const float scale = 1.0f / std::sqrt(float(d));
-  pool.parallel_for(int64_t(T) * n, [&](int64_t i0, int64_t i1) {
-    std::vector<float> s(static_cast<size_t>(pos0 + T)), buf(static_cast<size_t>(d));
+  const int g = n / n_kv;
+  int gc = g;
+  while (gc > 1 && int64_t(T) * n_kv * (g / gc) < int64_t(pool.size())) {
+    int next = gc - 1;
+    while (g % next != 0) next--;
+    gc = next;
+  }
+  const int chunks = g / gc;
+  pool.parallel_for(int64_t(T) * n_kv * chunks, [&](int64_t i0, int64_t i1) {
+    const size_t L = static_cast<size_t>(pos0 + T);
+    std::vector<float> s(L * size_t(gc)), buf(static_cast<size_t>(d));
+    std::vector<float> mx(static_cast<size_t>(gc)), inv(static_cast<size_t>(gc));
     for (int64_t i = i0; i < i1; i++) {
-      const int t = int(i / n), h = int(i % n);
+      const int t = int(i / (int64_t(n_kv) * chunks));
+      const int rest = int(i % (int64_t(n_kv) * chunks));
+      const int kvh = rest / chunks, h0 = kvh * g + (rest % chunks) * gc;
       const int len = pos0 + t + 1;  // causal: keys 0 .. pos0 + t
-      const float* qv = q + t * q_stride + int64_t(h) * d;
-      float mx = -INFINITY;
+      const float* qt = q + t * q_stride;
+      for (int a = 0; a < gc; a++) mx[size_t(a)] = -INFINITY;
       for (int j = 0; j < len; j++) {
-        const float* kr = row_k(h, j, buf.data());
-        float acc = 0;
-        for (int c = 0; c < d; c++) acc += qv[c] * kr[c];
-        s[size_t(j)] = acc * scale;
-        mx = std::max(mx, s[size_t(j)]);
+        const float* kr = row_k(kvh, j, buf.data());
+        for (int a = 0; a < gc; a++) {
+          const float* qv = qt + int64_t(h0 + a) * d;
+          float acc = 0;
+          for (int c = 0; c < d; c++) acc += qv[c] * kr[c];
+          float& sv = s[size_t(a) * L + size_t(j)];
+          sv = acc * scale;
+          mx[size_t(a)] = std::max(mx[size_t(a)], sv);
+        }
       }
-      double sum = 0;
-      for (int j = 0; j < len; j++) sum += s[size_t(j)] = std::exp(s[size_t(j)] - mx);
-      float* o = out + (int64_t(t) * n + h) * d;
-      for (int c = 0; c < d; c++) o[c] = 0;
-      const float inv = float(1.0 / sum);
+      for (int a = 0; a < gc; a++) {
+        float* sa = s.data() + size_t(a) * L;
+        double sum = 0;
+        for (int j = 0; j < len; j++) sum += sa[j] = std::exp(sa[j] - mx[size_t(a)]);
+        inv[size_t(a)] = float(1.0 / sum);
+        float* o = out + (int64_t(t) * n + h0 + a) * d;
+        for (int c = 0; c < d; c++) o[c] = 0;
+      }
       for (int j = 0; j < len; j++) {
-        const float w = s[size_t(j)] * inv;
-        const float* vr = row_v(h, j, buf.data());
-        for (int c = 0; c < d; c++) o[c] += w * vr[c];
+        const float* vr = row_v(kvh, j, buf.data());
+        for (int a = 0; a < gc; a++) {
+          const float w = s[size_t(a) * L + size_t(j)] * inv[size_t(a)];
+          float* o = out + (int64_t(t) * n + h0 + a) * d;
+          for (int c = 0; c < d; c++) o[c] += w * vr[c];
+        }
       }
     }
   });
@@ -70,12 +97,17 @@ void attention_rows(float* out, const float* q, int64_t q_stride, int T, int n, 
 
 }  // namespace
 
-void attention(float* out, const float* q, int64_t q_stride, const float* k_cache, const float* v_cache, int capacity,
-               int T, int n, int d, int pos0, ThreadPool& pool) {
+void attention_gqa(float* out, const float* q, int64_t q_stride, const float* k_cache, const float* v_cache,
+                   int capacity, int T, int n, int n_kv, int d, int pos0, ThreadPool& pool) {
   auto rows = [&](const float* cache) {
     return [=](int h, int j, float*) { return cache + (int64_t(h) * capacity + j) * d; };
   };
-  attention_rows(out, q, q_stride, T, n, d, pos0, pool, rows(k_cache), rows(v_cache));
+  attention_rows(out, q, q_stride, T, n, n_kv, d, pos0, pool, rows(k_cache), rows(v_cache));
+}
+
+void attention(float* out, const float* q, int64_t q_stride, const float* k_cache, const float* v_cache, int capacity,
+               int T, int n, int d, int pos0, ThreadPool& pool) {
+  attention_gqa(out, q, q_stride, k_cache, v_cache, capacity, T, n, n, d, pos0, pool);
 }
 
 void kv_quantize_int8(const float* x, int d, uint8_t* q, float* scale, float* zero) {
@@ -92,8 +124,8 @@ void kv_quantize_int8(const float* x, int d, uint8_t* q, float* scale, float* ze
   *zero = z;
 }
 
-void attention_int8(float* out, const float* q, int64_t q_stride, const KvInt8& k, const KvInt8& v, int capacity,
-                    int T, int n, int d, int pos0, ThreadPool& pool) {
+void attention_int8_gqa(float* out, const float* q, int64_t q_stride, const KvInt8& k, const KvInt8& v, int capacity,
+                        int T, int n, int n_kv, int d, int pos0, ThreadPool& pool) {
   auto rows = [&](const KvInt8& kv) {
     return [=](int h, int j, float* buf) {
       const int64_t r = int64_t(h) * capacity + j;
@@ -103,7 +135,12 @@ void attention_int8(float* out, const float* q, int64_t q_stride, const KvInt8& 
       return static_cast<const float*>(buf);
     };
   };
-  attention_rows(out, q, q_stride, T, n, d, pos0, pool, rows(k), rows(v));
+  attention_rows(out, q, q_stride, T, n, n_kv, d, pos0, pool, rows(k), rows(v));
+}
+
+void attention_int8(float* out, const float* q, int64_t q_stride, const KvInt8& k, const KvInt8& v, int capacity,
+                    int T, int n, int d, int pos0, ThreadPool& pool) {
+  attention_int8_gqa(out, q, q_stride, k, v, capacity, T, n, n, d, pos0, pool);
 }
 
 }  // namespace qwen::cpu

@@ -15,6 +15,8 @@ void embedding(float* out, const Tensor& wte, const int32_t* ids, int T);
 
 // out [T, H] = x * rsqrt(mean(x^2) + eps) * w
 void rmsnorm(float* out, const float* x, const float* w, int T, int H, float eps);
+// qwen3's per-head q/k norm is rmsnorm over T*heads rows of d: rmsnorm(x, x, w, T * heads, d, eps)
+// on a packed [T, heads, d] buffer.
 
 // y [T, N] = x [T, K] W^T + b; W dense [N, K] (F32/BF16/F16) or GPTQ (dequantized on the fly).
 void linear(float* y, const float* x, const Linear& l, int T, ThreadPool& pool);
@@ -27,6 +29,12 @@ void rope(float* x, int64_t row_stride, int T, int heads, int d, int pos0, doubl
 // q [T, n, d] (row stride q_stride), k/v cache [n, capacity, d], out [T, n, d].
 void attention(float* out, const float* q, int64_t q_stride, const float* k_cache, const float* v_cache, int capacity,
                int T, int n, int d, int pos0, ThreadPool& pool);
+
+// Grouped-query attention (qwen2/qwen3): n query heads over n_kv KV heads (n % n_kv == 0); query
+// head h reads KV head h / (n / n_kv), and the query heads of a group share one read of each K/V
+// row. k/v cache [n_kv, capacity, d]; q and out as attention(). n_kv == n is attention().
+void attention_gqa(float* out, const float* q, int64_t q_stride, const float* k_cache, const float* v_cache,
+                   int capacity, int T, int n, int n_kv, int d, int pos0, ThreadPool& pool);
 
 // int8 KV cache (SPEC 5, our variant): one asymmetric uint8 scale/zero per (token, head),
 // rounding to nearest: scale = (max - min) / 255, zero = -min / scale, x' = scale * (q - zero).
@@ -41,6 +49,9 @@ struct KvInt8 {
 };
 void attention_int8(float* out, const float* q, int64_t q_stride, const KvInt8& k, const KvInt8& v, int capacity,
                     int T, int n, int d, int pos0, ThreadPool& pool);
+// The same over n_kv KV heads (k/v [n_kv, capacity, d], scales/zeros [n_kv, capacity]).
+void attention_int8_gqa(float* out, const float* q, int64_t q_stride, const KvInt8& k, const KvInt8& v, int capacity,
+                        int T, int n, int n_kv, int d, int pos0, ThreadPool& pool);
 
 // out[i] = a[i] * silu(b[i])  (Qwen: w1(h) * silu(w2(h)))
 void swiglu(float* out, const float* a, const float* b, int64_t count);

@@ -192,6 +192,7 @@ Napi::Value NativeModel::Config(const Napi::CallbackInfo& info) {
   o.Set("hiddenSize", c.hidden_size);
   o.Set("numLayers", c.num_layers);
   o.Set("numHeads", c.num_heads);
+  o.Set("numKvHeads", c.num_kv_heads);
   o.Set("headDim", c.head_dim);
   o.Set("ffnSize", c.ffn_size);
   o.Set("rmsEps", c.rms_eps);
@@ -200,6 +201,8 @@ Napi::Value NativeModel::Config(const Napi::CallbackInfo& info) {
   o.Set("useDynamicNtk", c.use_dynamic_ntk);
   o.Set("useLognAttn", c.use_logn_attn);
   o.Set("useCacheQuantization", c.use_cache_quantization);
+  o.Set("tieWordEmbeddings", c.tie_word_embeddings);
+  o.Set("maxPositionEmbeddings", c.max_position_embeddings);
   if (c.gptq.bits) {
     Napi::Object q = Napi::Object::New(env);
     q.Set("bits", c.gptq.bits);
