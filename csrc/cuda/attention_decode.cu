@@ -19,11 +19,35 @@ namespace {
 
 constexpr int kThreads = 128;
 
-template <typename T>
+// 8 consecutive values of one cache row (row = h * cap + j) at element offset `col`, as fp32:
+// the 16-bit cache as stored, the int8 cache dequantized exactly as cpu::attention_int8.
+template <typename T, bool Q8> struct KvRead {
+  const void* base;
+  const float2* sz;
+  __device__ __forceinline__ uint4 raw(int64_t row, int d, int col) const {
+    if constexpr (Q8) {
+      const uint2 u = *reinterpret_cast<const uint2*>(static_cast<const uint8_t*>(base) + row * d + col);
+      return make_uint4(u.x, u.y, 0, 0);
+    } else {
+      return *reinterpret_cast<const uint4*>(static_cast<const T*>(base) + row * d + col);
+    }
+  }
+  __device__ __forceinline__ void convert(const uint4& u, int64_t row, float (&f)[8]) const {
+    if constexpr (Q8) {
+      const float2 p = sz[row];
+#pragma unroll
+      for (int i = 0; i < 8; i++) f[i] = p.x * (float(((i < 4 ? u.x : u.y) >> (8 * (i % 4))) & 0xFFu) - p.y);
+    } else {
+      unpack8<T>(u, f);
+    }
+  }
+};
+
+template <typename T, bool Q8>
 __global__ void __launch_bounds__(kThreads)
-    attn_split_kernel(T* __restrict__ out, float* __restrict__ partial, const T* __restrict__ q,
-                      const T* __restrict__ kc, const T* __restrict__ vc, int cap, const int* __restrict__ pos0_dev,
-                      int n, int d, int splits, int kps, float scale) {
+    attn_split_kernel(T* __restrict__ out, float* __restrict__ partial, const T* __restrict__ q, KvRead<T, Q8> Kr,
+                      KvRead<T, Q8> Vr, int cap, const int* __restrict__ pos0_dev, int n, int d, int splits, int kps,
+                      float scale) {
   extern __shared__ float sm[];  // [groups][d + 2]: m, l, acc
   const int h = blockIdx.x, sp = blockIdx.y, t = blockIdx.z;
   const int len = *pos0_dev + t + 1;
@@ -35,8 +59,7 @@ __global__ void __launch_bounds__(kThreads)
 
   float qf[8];
   unpack8<T>(*reinterpret_cast<const uint4*>(q + (int64_t(t) * n + h) * d + sub * 8), qf);
-  const T* K = kc + int64_t(h) * cap * d + sub * 8;
-  const T* V = vc + int64_t(h) * cap * d + sub * 8;
+  const int64_t hrow = int64_t(h) * cap;
 
   float m = -INFINITY, l = 0.0f, acc[8];
 #pragma unroll
@@ -45,16 +68,16 @@ __global__ void __launch_bounds__(kThreads)
   for (int jb = k_begin; jb < k_end; jb += 2 * G) {
     const int j1 = jb + g, j2 = jb + G + g;
     const bool ok1 = j1 < k_end, ok2 = j2 < k_end;
-    const int64_t r1 = int64_t(ok1 ? j1 : k_begin) * d, r2 = int64_t(ok2 ? j2 : k_begin) * d;
-    const uint4 ka = *reinterpret_cast<const uint4*>(K + r1);
-    const uint4 kb = *reinterpret_cast<const uint4*>(K + r2);
-    const uint4 va = *reinterpret_cast<const uint4*>(V + r1);
-    const uint4 vb = *reinterpret_cast<const uint4*>(V + r2);
+    const int64_t r1 = hrow + (ok1 ? j1 : k_begin), r2 = hrow + (ok2 ? j2 : k_begin);
+    const uint4 ka = Kr.raw(r1, d, sub * 8);
+    const uint4 kb = Kr.raw(r2, d, sub * 8);
+    const uint4 va = Vr.raw(r1, d, sub * 8);
+    const uint4 vb = Vr.raw(r2, d, sub * 8);
     float f[8], s1 = 0.0f, s2 = 0.0f;
-    unpack8<T>(ka, f);
+    Kr.convert(ka, r1, f);
 #pragma unroll
     for (int i = 0; i < 8; i++) s1 = fmaf(qf[i], f[i], s1);
-    unpack8<T>(kb, f);
+    Kr.convert(kb, r2, f);
 #pragma unroll
     for (int i = 0; i < 8; i++) s2 = fmaf(qf[i], f[i], s2);
     for (int o = lpk / 2; o > 0; o >>= 1) {
@@ -68,8 +91,8 @@ __global__ void __launch_bounds__(kThreads)
     const float corr = expf(m - m_new), p1 = expf(s1 - m_new), p2 = expf(s2 - m_new);
     l = l * corr + p1 + p2;
     float fa[8], fb[8];
-    unpack8<T>(va, fa);
-    unpack8<T>(vb, fb);
+    Vr.convert(va, r1, fa);
+    Vr.convert(vb, r2, fb);
 #pragma unroll
     for (int i = 0; i < 8; i++) acc[i] = acc[i] * corr + p1 * fa[i] + p2 * fb[i];
     m = m_new;
@@ -125,8 +148,11 @@ __global__ void __launch_bounds__(kThreads)
 
 }  // namespace
 
-void attention_decode(void* out, const void* q, const void* k_cache, const void* v_cache, int cap, const int* pos0_dev,
-                      int T, int n, int d, int splits, float* partial, DT dt, cudaStream_t s) {
+namespace {
+
+template <bool Q8>
+void launch_decode(void* out, const void* q, const void* k, const float2* ksz, const void* v, const float2* vsz, int cap,
+                   const int* pos0_dev, int T, int n, int d, int splits, float* partial, DT dt, cudaStream_t s) {
   if (d < 8 || d > 256 || (d & (d - 1)) != 0)
     throw Error("cuda: attention supports head_dim 8, 16, 32, 64, 128 or 256 (got " + std::to_string(d) + ")");
   if (splits < 1) splits = 1;
@@ -136,9 +162,9 @@ void attention_decode(void* out, const void* q, const void* k_cache, const void*
   const float scale = 1.0f / std::sqrt(float(d));
   dim3 grid(n, splits, T);
   QWEN_DISPATCH_DT(dt, E, {
-    attn_split_kernel<E><<<grid, kThreads, smem, s>>>(static_cast<E*>(out), partial, static_cast<const E*>(q),
-                                                      static_cast<const E*>(k_cache), static_cast<const E*>(v_cache),
-                                                      cap, pos0_dev, n, d, splits, kps, scale);
+    KvRead<E, Q8> Kr{k, ksz}, Vr{v, vsz};
+    attn_split_kernel<E, Q8><<<grid, kThreads, smem, s>>>(static_cast<E*>(out), partial, static_cast<const E*>(q), Kr,
+                                                          Vr, cap, pos0_dev, n, d, splits, kps, scale);
     CK_LAUNCH("attn_split_kernel");
     if (splits > 1) {
       attn_combine_kernel<E><<<dim3(n, T), kThreads, 0, s>>>(static_cast<E*>(out), partial, pos0_dev, n, d, splits,
@@ -146,6 +172,19 @@ void attention_decode(void* out, const void* q, const void* k_cache, const void*
       CK_LAUNCH("attn_combine_kernel");
     }
   });
+}
+
+}  // namespace
+
+void attention_decode(void* out, const void* q, const void* k_cache, const void* v_cache, int cap, const int* pos0_dev,
+                      int T, int n, int d, int splits, float* partial, DT dt, cudaStream_t s) {
+  launch_decode<false>(out, q, k_cache, nullptr, v_cache, nullptr, cap, pos0_dev, T, n, d, splits, partial, dt, s);
+}
+
+void attention_decode_int8(void* out, const void* q, KvQ8 k_cache, KvQ8 v_cache, int cap, const int* pos0_dev, int T,
+                           int n, int d, int splits, float* partial, DT dt, cudaStream_t s) {
+  launch_decode<true>(out, q, k_cache.q, k_cache.sz, v_cache.q, v_cache.sz, cap, pos0_dev, T, n, d, splits, partial, dt,
+                      s);
 }
 
 }  // namespace qwen::cuda

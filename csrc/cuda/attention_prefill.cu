@@ -23,10 +23,13 @@ namespace {
 constexpr int BQ = 64, BKV = 64, kThreads = 128;
 template <int D> constexpr int smem_bytes() { return (BQ + 4 * BKV) * (D + 8) * 2; }
 
-template <typename T, int D>
+// Q8: the cache is the int8 one (kc/vc uint8, ksz/vsz (scale, zero) per row): K/V tiles are read
+// with plain loads, dequantized in fp32 and stored to shared memory in T (no cp.async for them).
+template <typename T, int D, bool Q8>
 __global__ void __launch_bounds__(kThreads)
-    flash_prefill_kernel(T* __restrict__ out, const T* __restrict__ q, const T* __restrict__ kc,
-                         const T* __restrict__ vc, int cap, int pos0, int T_, int n, float scale_log2) {
+    flash_prefill_kernel(T* __restrict__ out, const T* __restrict__ q, const void* __restrict__ kc,
+                         const void* __restrict__ vc, const float2* __restrict__ ksz, const float2* __restrict__ vsz,
+                         int cap, int pos0, int T_, int n, float scale_log2) {
   constexpr int LD = D + 8, CPR = D / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);  // [BQ][LD]
@@ -37,8 +40,8 @@ __global__ void __launch_bounds__(kThreads)
   const int q_rows = min(BQ, T_ - t0);
   const int kv_len = pos0 + t0 + q_rows;  // this block needs keys 0..kv_len-1
   const int ntiles = (kv_len + BKV - 1) / BKV;
-  const T* Kh = kc + int64_t(h) * cap * D;
-  const T* Vh = vc + int64_t(h) * cap * D;
+  const T* Kh = static_cast<const T*>(kc) + int64_t(h) * cap * D;
+  const T* Vh = static_cast<const T*>(vc) + int64_t(h) * cap * D;
 
   for (int c = tid; c < BQ * CPR; c += kThreads) {
     const int r = c / CPR, col = (c % CPR) * 8;
@@ -51,8 +54,29 @@ __global__ void __launch_bounds__(kThreads)
       const int r = c / CPR, col = (c % CPR) * 8;
       const bool p = k0 + r < kv_len;
       const int64_t off = int64_t(k0 + r) * D + col;
-      cp_async16(sK + (buf * BKV + r) * LD + col, p ? Kh + off : Kh, p);
-      cp_async16(sV + (buf * BKV + r) * LD + col, p ? Vh + off : Vh, p);
+      if constexpr (Q8) {
+        uint4 ko = make_uint4(0, 0, 0, 0), vo = ko;
+        if (p) {
+          const int64_t row = int64_t(h) * cap + k0 + r;
+          const uint8_t* kq = static_cast<const uint8_t*>(kc) + row * D + col;
+          const uint8_t* vq = static_cast<const uint8_t*>(vc) + row * D + col;
+          const uint2 ku = *reinterpret_cast<const uint2*>(kq), vu = *reinterpret_cast<const uint2*>(vq);
+          const float2 ks = ksz[row], vs = vsz[row];
+          float fk[8], fv[8];
+#pragma unroll
+          for (int i = 0; i < 8; i++) {
+            fk[i] = ks.x * (float(((i < 4 ? ku.x : ku.y) >> (8 * (i % 4))) & 0xFFu) - ks.y);
+            fv[i] = vs.x * (float(((i < 4 ? vu.x : vu.y) >> (8 * (i % 4))) & 0xFFu) - vs.y);
+          }
+          ko = pack8<T>(fk);
+          vo = pack8<T>(fv);
+        }
+        *reinterpret_cast<uint4*>(sK + (buf * BKV + r) * LD + col) = ko;
+        *reinterpret_cast<uint4*>(sV + (buf * BKV + r) * LD + col) = vo;
+      } else {
+        cp_async16(sK + (buf * BKV + r) * LD + col, p ? Kh + off : Kh, p);
+        cp_async16(sV + (buf * BKV + r) * LD + col, p ? Vh + off : Vh, p);
+      }
     }
   };
   load_kv(0, 0);
@@ -174,29 +198,39 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <typename T, int D>
-void launch_flash(void* out, const void* q, const void* k_cache, const void* v_cache, int cap, int pos0, int rows,
-                  int n, cudaStream_t s) {
+template <typename T, int D, bool Q8>
+void launch_flash(void* out, const void* q, const void* k_cache, const void* v_cache, const float2* ksz,
+                  const float2* vsz, int cap, int pos0, int rows, int n, cudaStream_t s) {
   constexpr int smem = smem_bytes<D>();
-  CK(cudaFuncSetAttribute(flash_prefill_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  CK(cudaFuncSetAttribute(flash_prefill_kernel<T, D, Q8>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   const float scale_log2 = float(1.0 / std::sqrt(double(D)) * 1.4426950408889634);
-  flash_prefill_kernel<T, D><<<dim3(ceil_div(rows, BQ), n), kThreads, smem, s>>>(
-      static_cast<T*>(out), static_cast<const T*>(q), static_cast<const T*>(k_cache), static_cast<const T*>(v_cache),
-      cap, pos0, rows, n, scale_log2);
+  flash_prefill_kernel<T, D, Q8><<<dim3(ceil_div(rows, BQ), n), kThreads, smem, s>>>(
+      static_cast<T*>(out), static_cast<const T*>(q), k_cache, v_cache, ksz, vsz, cap, pos0, rows, n, scale_log2);
   CK_LAUNCH("flash_prefill_kernel");
+}
+
+template <bool Q8>
+void prefill_dispatch(void* out, const void* q, const void* k, const void* v, const float2* ksz, const float2* vsz,
+                      int cap, int pos0, int T, int n, int d, DT dt, cudaStream_t s) {
+  if (d == 64) {
+    QWEN_DISPATCH_DT(dt, E, launch_flash<E, 64, Q8>(out, q, k, v, ksz, vsz, cap, pos0, T, n, s));
+  } else if (d == 128) {
+    QWEN_DISPATCH_DT(dt, E, launch_flash<E, 128, Q8>(out, q, k, v, ksz, vsz, cap, pos0, T, n, s));
+  } else {
+    throw Error("cuda: attention_prefill supports head_dim 64 and 128 (got " + std::to_string(d) + ")");
+  }
 }
 
 }  // namespace
 
 void attention_prefill(void* out, const void* q, const void* k_cache, const void* v_cache, int cap, int pos0, int T,
                        int n, int d, DT dt, cudaStream_t s) {
-  if (d == 64) {
-    QWEN_DISPATCH_DT(dt, E, launch_flash<E, 64>(out, q, k_cache, v_cache, cap, pos0, T, n, s));
-  } else if (d == 128) {
-    QWEN_DISPATCH_DT(dt, E, launch_flash<E, 128>(out, q, k_cache, v_cache, cap, pos0, T, n, s));
-  } else {
-    throw Error("cuda: attention_prefill supports head_dim 64 and 128 (got " + std::to_string(d) + ")");
-  }
+  prefill_dispatch<false>(out, q, k_cache, v_cache, nullptr, nullptr, cap, pos0, T, n, d, dt, s);
+}
+
+void attention_prefill_int8(void* out, const void* q, KvQ8 k_cache, KvQ8 v_cache, int cap, int pos0, int T, int n,
+                            int d, DT dt, cudaStream_t s) {
+  prefill_dispatch<true>(out, q, k_cache.q, v_cache.q, k_cache.sz, v_cache.sz, cap, pos0, T, n, d, dt, s);
 }
 
 }  // namespace qwen::cuda

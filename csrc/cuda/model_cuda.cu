@@ -4,6 +4,12 @@
 //   BF16 at load, and a tensor whose type differs from wte's is converted to that type), norm
 //   weights and biases as fp32. w1 and w2 are stacked into one [2F, H] matrix (one GEMM at
 //   prefill, one fused GEMV + SwiGLU at decode).
+// - GPTQ checkpoints (SPEC 4): each quantized linear is repacked at load (gptq.cu: rows sorted
+//   by group for act-order, columns of packed rows, fp16 scale + zero per group); decode runs the
+//   fused dequant GEMV (w1/w2 + SwiGLU in one kernel), prefill dequantizes the layer into a
+//   workspace matrix and runs the tensor-core GEMM. Biases fp32; wte, lm_head, norms as stored.
+// - kvCache "int8" (SPEC 5): uint8 K/V with one (scale, zero) per (token, head), quantized in the
+//   rope/append kernel, dequantized inside both attention kernels.
 // - Activations: the residual stream and every matmul output are fp32; matmul inputs (normed h,
 //   q, attention output, SwiGLU output) and the KV cache are in the weights' 16-bit type.
 // - Decode (T == 1) is one CUDA graph per cache, captured at its first decode step: the token id
@@ -44,15 +50,18 @@ std::string gib(size_t bytes) {
 size_t align256(size_t b) { return (b + 255) & ~size_t(255); }
 
 struct DevLinear {
-  const void* w = nullptr;   // [out, in] in the model's 16-bit type
+  const void* w = nullptr;   // [out, in] in the model's 16-bit type (dense)
   const float* b = nullptr;  // [out] fp32, or null
   int in = 0, out = 0;
+  bool quant = false;        // GPTQ: q holds the repacked layer, w is null
+  cuda::GptqDev q;
 };
 struct DevLayer {
   const float* ln1 = nullptr;
   DevLinear c_attn, attn_proj;
   const float* ln2 = nullptr;
-  DevLinear w12, mlp_proj;  // w12 = [w1; w2]: [2F, H]
+  DevLinear w12, mlp_proj;  // dense: w12 = [w1; w2]: [2F, H]; GPTQ: w1, w2 below, w12.b = [b1; b2]
+  DevLinear w1, w2;
 };
 
 class CudaBackend;
@@ -61,10 +70,13 @@ class CudaCache : public KvCache {
  public:
   const CudaBackend* owner = nullptr;
   int device = 0;
-  void* mem = nullptr;  // one allocation: k, v [L, n, cap, d], inv_freq [d/2], partial
-  size_t bytes_ = 0, layer_bytes = 0;
+  void* mem = nullptr;  // one allocation: k, v [L, n, cap, d], (int8: ksz, vsz [L, n, cap]), inv_freq, partial
+  size_t bytes_ = 0, layer_bytes = 0, sz_layer_bytes = 0;
+  bool int8 = false;    // uint8 k/v with (scale, zero) per (token, head); else the 16-bit type
   char* k = nullptr;
   char* v = nullptr;
+  char* ksz = nullptr;
+  char* vsz = nullptr;
   float* inv_freq = nullptr;
   float* partial = nullptr;  // decode attention partials [n, splits, d + 2]
   int splits = 1;
@@ -81,6 +93,12 @@ class CudaCache : public KvCache {
   size_t bytes() const override { return bytes_; }
   void* k_layer(int l) { return k + size_t(l) * layer_bytes; }
   void* v_layer(int l) { return v + size_t(l) * layer_bytes; }
+  cuda::KvQ8 kq(int l) {
+    return {reinterpret_cast<uint8_t*>(k_layer(l)), reinterpret_cast<float2*>(ksz + size_t(l) * sz_layer_bytes)};
+  }
+  cuda::KvQ8 vq(int l) {
+    return {reinterpret_cast<uint8_t*>(v_layer(l)), reinterpret_cast<float2*>(vsz + size_t(l) * sz_layer_bytes)};
+  }
 };
 
 class CudaBackend : public Backend {
@@ -102,6 +120,7 @@ class CudaBackend : public Backend {
       throw Error("cuda: " + gpu_name_ + " (compute capability " + std::to_string(prop.major) + "." +
                   std::to_string(prop.minor) + ") is not supported; qwen-native needs sm_80 or newer");
     dt_ = w.wte.dtype == DType::F16 ? DT::F16 : DT::BF16;
+    int8_kv_ = opt.kv_cache == KvCacheType::Int8;
     live_kv_ = std::make_shared<std::atomic<size_t>>(0);
     try {
       load(w, progress);
@@ -127,8 +146,10 @@ class CudaBackend : public Backend {
     c->device = dev_;
     c->capacity = capacity;
     c->splits = std::max(1, cuda::ceil_div(capacity, kKeysPerSplit));
-    c->layer_bytes = align256(size_t(n) * size_t(capacity) * d * 2);
-    const size_t kv = 2 * size_t(L) * c->layer_bytes;
+    c->int8 = int8_kv_;
+    c->layer_bytes = align256(size_t(n) * size_t(capacity) * d * (c->int8 ? 1 : 2));
+    c->sz_layer_bytes = c->int8 ? align256(size_t(n) * size_t(capacity) * sizeof(float2)) : 0;
+    const size_t kv = 2 * size_t(L) * (c->layer_bytes + c->sz_layer_bytes);
     const size_t extra = align256(size_t(d / 2) * 4) +
                          align256(cuda::attention_decode_partial_floats(1, n, d, c->splits) * 4 + 4);
     const size_t total = kv + extra;
@@ -144,6 +165,8 @@ class CudaBackend : public Backend {
     char* p = static_cast<char*>(c->mem);
     c->k = p;
     c->v = p + size_t(L) * c->layer_bytes;
+    c->ksz = p + 2 * size_t(L) * c->layer_bytes;
+    c->vsz = c->ksz + size_t(L) * c->sz_layer_bytes;
     c->inv_freq = reinterpret_cast<float*>(p + kv);
     c->partial = reinterpret_cast<float*>(p + kv + align256(size_t(d / 2) * 4));
     return c;
@@ -196,14 +219,12 @@ class CudaBackend : public Backend {
 
  private:
   static void check_supported(const ModelConfig& cfg, const ModelWeights& w, const BackendOptions& opt) {
-    if (opt.kv_cache != KvCacheType::Float)
-      throw Error("cuda: kvCache \"int8\" is not implemented on the CUDA backend yet (use kvCache \"float\")");
     for (const auto& l : w.layers)
-      for (const Linear* lin : {&l.c_attn, &l.attn_c_proj, &l.w1, &l.w2, &l.mlp_c_proj})
-        if (lin->quantized())
-          throw Error("cuda: GPTQ-quantized checkpoints are not supported by the CUDA backend yet (" +
-                      lin->qweight.name + "); use device \"cpu\"");
+      if (l.w1.quantized() != l.w2.quantized())
+        throw Error("cuda: w1 and w2 must both be GPTQ-quantized or both dense");
     if (w.lm_head.quantized()) throw Error("cuda: a GPTQ-quantized lm_head is not supported");
+    if (opt.kv_cache == KvCacheType::Int8 && cfg.head_dim > 256)
+      throw Error("cuda: the int8 KV cache supports head_dim up to 256");
     const int d = cfg.head_dim;
     if (d < 8 || d > 256 || (d & (d - 1)) != 0)
       throw Error("cuda: head_dim (kv_channels) " + std::to_string(d) + " is not supported (8..256, a power of two)");
@@ -220,6 +241,13 @@ class CudaBackend : public Backend {
     size_t offset;      // bytes into the allocation
     int64_t count;      // elements
     bool to_f32;        // fp32 destination (norms, biases), else the model's 16-bit type
+    const void* raw = nullptr;  // raw host bytes copied as they are (GPTQ metadata), count = bytes
+  };
+  // A GPTQ layer's places; qweight is copied to a staging buffer and repacked on the device.
+  struct QOff {
+    size_t qw, meta, cg, perm;
+    int K, N, bits, ngroups;
+    const Tensor* qweight;
   };
 
   void load(const ModelWeights& w, const ProgressFn& progress) {
@@ -240,34 +268,75 @@ class CudaBackend : public Backend {
       off = align256(off + 2 * size_t(count_each) * esz);
       return at;
     };
-    struct Offsets {
-      size_t ln1, ca_w, ca_b, ap_w, ap_b, ln2, w12, b12, mp_w, mp_b;
-    };
     const size_t none = ~size_t(0);
+    std::vector<std::unique_ptr<cuda::GptqHost>> hosts;
+    std::vector<QOff> qoffs;
+    auto place_raw = [&](const void* p, size_t bytes) {
+      const size_t at = off;
+      ups.push_back({nullptr, at, int64_t(bytes), false, p});
+      off = align256(off + bytes);
+      return at;
+    };
+    // A GPTQ linear: index into qoffs.
+    auto place_q = [&](const Linear& lin, const std::string& name) {
+      hosts.push_back(std::make_unique<cuda::GptqHost>(cuda::gptq_prepare(lin, name)));
+      const cuda::GptqHost& h = *hosts.back();
+      QOff q;
+      q.K = lin.in;
+      q.N = lin.out;
+      q.bits = lin.bits;
+      q.ngroups = h.ngroups;
+      q.qweight = &lin.qweight;
+      q.qw = off;
+      off = align256(off + size_t(lin.in) * lin.out * lin.bits / 8);
+      q.meta = place_raw(h.meta.data(), h.meta.size() * 4);
+      q.cg = place_raw(h.cg.data(), h.cg.size() * 4);
+      q.perm = h.perm.empty() ? none : place_raw(h.perm.data(), h.perm.size() * 4);
+      qoffs.push_back(q);
+      return int(qoffs.size() - 1);
+    };
+    struct LinOff {
+      size_t w = ~size_t(0), b = ~size_t(0);
+      int q = -1;
+    };
+    auto place_lin = [&](const Linear& lin, int64_t count, bool with_bias, const std::string& name) {
+      LinOff o;
+      if (lin.quantized()) o.q = place_q(lin, name);
+      else o.w = place(&lin.weight, count, false);
+      if (with_bias && !lin.bias.empty()) o.b = place(&lin.bias, lin.out, true);
+      return o;
+    };
+    struct Offsets {
+      size_t ln1, ln2, b12;
+      LinOff ca, ap, w12, w1, w2, mp;
+    };
     const size_t wte_at = place(&w.wte, int64_t(V) * H, false);
     std::vector<Offsets> lo(static_cast<size_t>(L));
     for (int l = 0; l < L; l++) {
       const LayerWeights& lw = w.layers[size_t(l)];
       Offsets& o = lo[size_t(l)];
+      const std::string pre = "layer " + std::to_string(l) + " ";
       o.ln1 = place(&lw.ln_1, H, true);
-      o.ca_w = place(&lw.c_attn.weight, int64_t(3) * H * H, false);
-      o.ca_b = lw.c_attn.bias.empty() ? none : place(&lw.c_attn.bias, 3 * H, true);
-      o.ap_w = place(&lw.attn_c_proj.weight, int64_t(H) * H, false);
-      o.ap_b = lw.attn_c_proj.bias.empty() ? none : place(&lw.attn_c_proj.bias, H, true);
+      o.ca = place_lin(lw.c_attn, int64_t(3) * H * H, true, pre + "c_attn");
+      o.ap = place_lin(lw.attn_c_proj, int64_t(H) * H, true, pre + "attn.c_proj");
       o.ln2 = place(&lw.ln_2, H, true);
-      o.w12 = place2(&lw.w1.weight, &lw.w2.weight, int64_t(F) * H, false);
+      if (lw.w1.quantized()) {
+        o.w1 = place_lin(lw.w1, 0, false, pre + "w1");
+        o.w2 = place_lin(lw.w2, 0, false, pre + "w2");
+      } else {
+        o.w12.w = place2(&lw.w1.weight, &lw.w2.weight, int64_t(F) * H, false);
+      }
       o.b12 = lw.w1.bias.empty() && lw.w2.bias.empty()
                   ? none
                   : place2(lw.w1.bias.empty() ? nullptr : &lw.w1.bias, lw.w2.bias.empty() ? nullptr : &lw.w2.bias, F, true);
-      o.mp_w = place(&lw.mlp_c_proj.weight, int64_t(H) * F, false);
-      o.mp_b = lw.mlp_c_proj.bias.empty() ? none : place(&lw.mlp_c_proj.bias, H, true);
+      o.mp = place_lin(lw.mlp_c_proj, int64_t(H) * F, true, pre + "mlp.c_proj");
     }
     const size_t lnf_at = place(&w.ln_f, H, true);
     const size_t lm_at = place(&w.lm_head.weight, int64_t(V) * H, false);
     const size_t lmb_at = w.lm_head.bias.empty() ? none : place(&w.lm_head.bias, V, true);
     weight_bytes_ = off;
     for (const Upload& u : ups)
-      if (u.src && u.src->numel() != u.count)
+      if (u.src && !u.raw && u.src->numel() != u.count)
         throw Error("cuda: tensor " + u.src->name + " has " + std::to_string(u.src->numel()) + " elements, expected " +
                     std::to_string(u.count));
 
@@ -283,6 +352,16 @@ class CudaBackend : public Backend {
                  att_at = wplace(size_t(kChunk) * H * 2), ab_at = wplace(size_t(kChunk) * 2 * F * 4),
                  g_at = wplace(size_t(kChunk) * F * 2), lg_at = wplace(size_t(kLmRows) * V * 4),
                  st_at = wplace(size_t(kChunk + 1) * 4);
+    // GPTQ scratch: gathered activations (decode, act-order: two vectors of K for w1/w2) and the
+    // dequantized layer for the prefill GEMM (largest N*K; w1 and w2 stacked).
+    size_t max_k = 0, max_nk = 0;
+    for (const QOff& q : qoffs) {
+      max_k = std::max(max_k, size_t(q.K));
+      max_nk = std::max(max_nk, size_t(q.N) * q.K);
+    }
+    for (const auto& lw : w.layers)
+      if (lw.w1.quantized()) max_nk = std::max(max_nk, 2 * size_t(F) * H);
+    const size_t xp_at = qoffs.empty() ? 0 : wplace(2 * max_k * 2), dq_at = qoffs.empty() ? 0 : wplace(max_nk * 2);
     ws_bytes_ = ws;
 
     size_t free_b = 0, total_b = 0;
@@ -298,20 +377,57 @@ class CudaBackend : public Backend {
     // Bind the device pointers.
     char* wb = static_cast<char*>(wmem_);
     auto fp = [&](size_t at) { return at == none ? nullptr : reinterpret_cast<const float*>(wb + at); };
+    auto dl = [&](const LinOff& o, int in, int out) {
+      DevLinear d;
+      d.in = in;
+      d.out = out;
+      d.b = fp(o.b);
+      if (o.q >= 0) {
+        const QOff& q = qoffs[size_t(o.q)];
+        d.quant = true;
+        d.q.qw = reinterpret_cast<const uint32_t*>(wb + q.qw);
+        d.q.meta = reinterpret_cast<const uint32_t*>(wb + q.meta);
+        d.q.cg = reinterpret_cast<const int32_t*>(wb + q.cg);
+        d.q.perm = q.perm == none ? nullptr : reinterpret_cast<const int32_t*>(wb + q.perm);
+        d.q.K = q.K;
+        d.q.N = q.N;
+        d.q.bits = q.bits;
+        d.q.ngroups = q.ngroups;
+      } else {
+        d.w = wb + o.w;
+      }
+      return d;
+    };
     wte_ = wb + wte_at;
     layers_.resize(static_cast<size_t>(L));
     for (int l = 0; l < L; l++) {
       const Offsets& o = lo[size_t(l)];
       DevLayer& d = layers_[size_t(l)];
       d.ln1 = fp(o.ln1);
-      d.c_attn = {wb + o.ca_w, fp(o.ca_b), H, 3 * H};
-      d.attn_proj = {wb + o.ap_w, fp(o.ap_b), H, H};
+      d.c_attn = dl(o.ca, H, 3 * H);
+      d.attn_proj = dl(o.ap, H, H);
       d.ln2 = fp(o.ln2);
-      d.w12 = {wb + o.w12, fp(o.b12), H, 2 * F};
-      d.mlp_proj = {wb + o.mp_w, fp(o.mp_b), F, H};
+      if (o.w1.q >= 0) {
+        d.w1 = dl(o.w1, H, F);
+        d.w2 = dl(o.w2, H, F);
+        d.w12.quant = true;
+      } else {
+        d.w12 = dl(o.w12, H, 2 * F);
+      }
+      d.w12.in = H;
+      d.w12.out = 2 * F;
+      d.w12.b = fp(o.b12);
+      d.mlp_proj = dl(o.mp, F, H);
     }
     lnf_ = fp(lnf_at);
-    lm_head_ = {wb + lm_at, fp(lmb_at), H, V};
+    lm_head_.w = wb + lm_at;
+    lm_head_.b = fp(lmb_at);
+    lm_head_.in = H;
+    lm_head_.out = V;
+    if (!qoffs.empty()) {
+      xperm_ = wsb_base(xp_at);
+      deq_ = wsb_base(dq_at);
+    }
     char* wsb = static_cast<char*>(ws_);
     x_ = reinterpret_cast<float*>(wsb + x_at);
     h_ = wsb + h_at;
@@ -325,13 +441,19 @@ class CudaBackend : public Backend {
 
     // Upload, converting where the stored type differs, reporting progress by source bytes.
     size_t total = 0, done = 0;
-    for (const Upload& u : ups) total += u.src ? u.src->nbytes() : 0;
+    for (const Upload& u : ups) total += u.raw ? size_t(u.count) : u.src ? u.src->nbytes() : 0;
+    for (const QOff& q : qoffs) total += q.qweight->nbytes();
     const int64_t kStage = int64_t(1) << 23;  // elements per conversion/copy chunk
     std::vector<float> f32;
     std::vector<uint16_t> h16;
     for (const Upload& u : ups) {
       char* dst = wb + u.offset;
       const size_t esz = u.to_f32 ? 4 : 2;
+      if (u.raw) {
+        CK(cudaMemcpy(dst, u.raw, size_t(u.count), cudaMemcpyHostToDevice));
+        done += size_t(u.count);
+        continue;
+      }
       if (!u.src) {
         CK(cudaMemset(dst, 0, size_t(u.count) * esz));
         continue;
@@ -359,6 +481,27 @@ class CudaBackend : public Backend {
         done += size_t(nel) * dtype_size(t.dtype);
         if (progress) progress(total ? double(done) / double(total) : 1.0);
       }
+    }
+    // GPTQ qweights: staged raw, repacked into their columns-major sorted layout.
+    if (!qoffs.empty()) {
+      size_t stage_bytes = 0;
+      for (const QOff& q : qoffs) stage_bytes = std::max(stage_bytes, q.qweight->nbytes());
+      void* stage = nullptr;
+      CK(cudaMalloc(&stage, stage_bytes));
+      try {
+        for (const QOff& q : qoffs) {
+          CK(cudaMemcpy(stage, q.qweight->data, q.qweight->nbytes(), cudaMemcpyHostToDevice));
+          const int32_t* perm = q.perm == none ? nullptr : reinterpret_cast<const int32_t*>(wb + q.perm);
+          cuda::gptq_repack(reinterpret_cast<uint32_t*>(wb + q.qw), stage, perm, q.K, q.N, q.bits, nullptr);
+          CK(cudaDeviceSynchronize());
+          done += q.qweight->nbytes();
+          if (progress) progress(total ? double(done) / double(total) : 1.0);
+        }
+      } catch (...) {
+        cudaFree(stage);
+        throw;
+      }
+      cudaFree(stage);
     }
     CK(cudaDeviceSynchronize());  // the last copies may still be in flight (pageable source)
     if (progress) progress(1.0);
@@ -395,29 +538,66 @@ class CudaBackend : public Backend {
     const int* pos_dev = step_ + kChunk;
     const int logn_len = cfg_.use_logn_attn ? cfg_.seq_length : 0;
     cudaStream_t s = stream_;
+    auto lin = [&](float* y, const void* x, const DevLinear& W, const float* b, bool acc) {
+      if (W.quant)
+        cuda::gptq_linear(y, x, W.q, b, rows, acc, xperm_, deq_, dt_, s);
+      else
+        cuda::linear(y, x, W.w, b, rows, W.out, W.in, acc, dt_, s);
+    };
     cuda::embedding(x_, wte_, step_, rows, H, dt_, s);
     for (int l = 0; l < cfg_.num_layers; l++) {
       const DevLayer& L = layers_[size_t(l)];
       void* kl = c.k_layer(l);
       void* vl = c.v_layer(l);
       cuda::rmsnorm(h_, x_, L.ln1, rows, H, cfg_.rms_eps, dt_, s);
-      cuda::linear(qkv_, h_, L.c_attn.w, nullptr, rows, 3 * H, H, false, dt_, s);
-      cuda::qkv_rope_append(q_, kl, vl, cap, qkv_, L.c_attn.b, c.inv_freq, pos_dev, rows, n, d, logn_len, dt_, s);
-      if (rows == 1)
-        cuda::attention_decode(att_, q_, kl, vl, cap, pos_dev, 1, n, d, c.splits, c.partial, dt_, s);
-      else if (cuda::attention_prefill_supported(d))
-        cuda::attention_prefill(att_, q_, kl, vl, cap, pos0, rows, n, d, dt_, s);
-      else
-        cuda::attention_decode(att_, q_, kl, vl, cap, pos_dev, rows, n, d, 1, nullptr, dt_, s);
-      cuda::linear(x_, att_, L.attn_proj.w, L.attn_proj.b, rows, H, H, true, dt_, s);
+      lin(qkv_, h_, L.c_attn, nullptr, false);
+      if (c.int8) {
+        cuda::qkv_rope_append_int8(q_, c.kq(l), c.vq(l), cap, qkv_, L.c_attn.b, c.inv_freq, pos_dev, rows, n, d,
+                                   logn_len, dt_, s);
+        if (rows == 1)
+          cuda::attention_decode_int8(att_, q_, c.kq(l), c.vq(l), cap, pos_dev, 1, n, d, c.splits, c.partial, dt_, s);
+        else if (cuda::attention_prefill_supported(d))
+          cuda::attention_prefill_int8(att_, q_, c.kq(l), c.vq(l), cap, pos0, rows, n, d, dt_, s);
+        else
+          cuda::attention_decode_int8(att_, q_, c.kq(l), c.vq(l), cap, pos_dev, rows, n, d, 1, nullptr, dt_, s);
+      } else {
+        cuda::qkv_rope_append(q_, kl, vl, cap, qkv_, L.c_attn.b, c.inv_freq, pos_dev, rows, n, d, logn_len, dt_, s);
+        if (rows == 1)
+          cuda::attention_decode(att_, q_, kl, vl, cap, pos_dev, 1, n, d, c.splits, c.partial, dt_, s);
+        else if (cuda::attention_prefill_supported(d))
+          cuda::attention_prefill(att_, q_, kl, vl, cap, pos0, rows, n, d, dt_, s);
+        else
+          cuda::attention_decode(att_, q_, kl, vl, cap, pos_dev, rows, n, d, 1, nullptr, dt_, s);
+      }
+      lin(x_, att_, L.attn_proj, L.attn_proj.b, true);
       cuda::rmsnorm(h_, x_, L.ln2, rows, H, cfg_.rms_eps, dt_, s);
-      if (rows == 1) {
+      if (L.w12.quant) {
+        if (rows == 1) {
+          const void* x1 = h_;
+          const void* x2 = h_;
+          if (L.w1.q.perm) {
+            cuda::gptq_gather(xperm_, h_, L.w1.q.perm, 1, H, s);
+            x1 = xperm_;
+          }
+          if (L.w2.q.perm) {
+            void* xp2 = static_cast<char*>(xperm_) + size_t(H) * 2;
+            cuda::gptq_gather(xp2, h_, L.w2.q.perm, 1, H, s);
+            x2 = xp2;
+          }
+          cuda::gptq_gemv_swiglu(g_, x1, x2, L.w1.q, L.w2.q, L.w12.b, dt_, s);
+        } else {
+          cuda::gptq_dequant(deq_, L.w1.q, dt_, s);
+          cuda::gptq_dequant(static_cast<char*>(deq_) + size_t(F) * H * 2, L.w2.q, dt_, s);
+          cuda::linear(ab_, h_, deq_, L.w12.b, rows, 2 * F, H, false, dt_, s);
+          cuda::swiglu(g_, ab_, rows, F, dt_, s);
+        }
+      } else if (rows == 1) {
         cuda::gemv_swiglu(g_, h_, L.w12.w, L.w12.b, F, H, dt_, s);
       } else {
         cuda::linear(ab_, h_, L.w12.w, L.w12.b, rows, 2 * F, H, false, dt_, s);
         cuda::swiglu(g_, ab_, rows, F, dt_, s);
       }
-      cuda::linear(x_, g_, L.mlp_proj.w, L.mlp_proj.b, rows, H, F, true, dt_, s);
+      lin(x_, g_, L.mlp_proj, L.mlp_proj.b, true);
     }
   }
 
@@ -486,6 +666,10 @@ class CudaBackend : public Backend {
   float* logits_ = nullptr;  // [kLmRows, V] fp32
   int32_t* step_ = nullptr;  // [kChunk] ids, then pos0 (device)
   int32_t* pinned_ = nullptr;  // host mirror of step_ (pinned)
+  void* xperm_ = nullptr;      // GPTQ: [2, max K] activations gathered through an act-order perm
+  void* deq_ = nullptr;        // GPTQ: [max N*K] a layer dequantized for the prefill GEMM
+  bool int8_kv_ = false;
+  void* wsb_base(size_t at) { return static_cast<char*>(ws_) + at; }
   std::shared_ptr<std::atomic<size_t>> live_kv_;
 };
 

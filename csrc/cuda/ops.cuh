@@ -8,7 +8,10 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
+#include "../core/weights.h"
 #include "common.cuh"
 
 namespace qwen::cuda {
@@ -66,5 +69,57 @@ inline size_t attention_decode_partial_floats(int T, int n, int d, int splits) {
 void attention_prefill(void* out, const void* q, const void* k_cache, const void* v_cache, int cap, int pos0, int T,
                        int n, int d, DT dt, cudaStream_t s);
 inline bool attention_prefill_supported(int d) { return d == 64 || d == 128; }
+
+// gptq.cu ---------------------------------------------------------------------------------------
+// A GPTQ linear (SPEC 4) as the GPU holds it, K = in, N = out, CH = 128 / bits rows per 16-byte
+// chunk. Input rows are in "sorted" order: sorted position i is original row perm[i] (perm null:
+// identity, g_idx = k / G).
+struct GptqDev {
+  const uint32_t* qw = nullptr;    // [N][K * bits / 32] column n's packed rows (sorted order)
+  const uint32_t* meta = nullptr;  // [N][ngroups]: fp16 scale bits | (stored zero + 1) << 16
+  const int32_t* cg = nullptr;     // [K / CH] group of each chunk of sorted rows
+  const int32_t* perm = nullptr;   // [K] or null
+  int K = 0, N = 0, bits = 0, ngroups = 0;
+};
+// Host side of the repack: permutation (empty = identity), chunk groups, metadata. Throws
+// qwen::Error naming the linear on what the GPU layout cannot hold (bits other than 4/8, K not a
+// multiple of CH, act-order groups that do not fill whole chunks after sorting, bad tensors).
+struct GptqHost {
+  std::vector<int32_t> perm, cg;
+  std::vector<uint32_t> meta;
+  int ngroups = 0;
+};
+GptqHost gptq_prepare(const Linear& l, const std::string& name);
+// qw (see GptqDev) from the checkpoint's qweight [K/P, N] int32 already in device memory.
+void gptq_repack(uint32_t* qw, const void* raw_qweight, const int32_t* perm, int K, int N, int bits, cudaStream_t s);
+// xp [T, K] = x[:, perm] (16-bit).
+void gptq_gather(void* xp, const void* x, const int32_t* perm, int T, int K, cudaStream_t s);
+// y [N] fp32 (+)= W x + b for x [K] in SORTED order (dt); b fp32 or null.
+void gptq_gemv(float* y, const void* x, const GptqDev& L, const float* b, bool accumulate, DT dt, cudaStream_t s);
+// g [F] (dt) = (W1 x1 + b1) * silu(W2 x2 + b2), x1/x2 = x in the sorted order of W1/W2.
+void gptq_gemv_swiglu(void* g, const void* x1, const void* x2, const GptqDev& L1, const GptqDev& L2, const float* b12,
+                      DT dt, cudaStream_t s);
+// W [N, K] (dt) = the dequantized layer in the ORIGINAL row order.
+void gptq_dequant(void* W, const GptqDev& L, DT dt, cudaStream_t s);
+// y [T, N] (+)= x [T, K] W^T + b, x in the original order. T == 1: gather (xperm [K] scratch,
+// act-order only) + GEMV; T > 1: dequantize into deq [N, K] scratch + tensor-core GEMM.
+void gptq_linear(float* y, const void* x, const GptqDev& L, const float* b, int T, bool accumulate, void* xperm,
+                 void* deq, DT dt, cudaStream_t s);
+
+// int8 KV cache (SPEC 5, ours): uint8 q [n, cap, d] and (scale, zero) [n, cap] per layer;
+// x' = scale * (q - zero), quantized exactly as cpu::kv_quantize_int8.
+struct KvQ8 {
+  uint8_t* q = nullptr;
+  float2* sz = nullptr;
+};
+// As qkv_rope_append, quantizing k (after rope) and v per (token, head) into the int8 cache.
+void qkv_rope_append_int8(void* q, KvQ8 k_cache, KvQ8 v_cache, int cap, const float* qkv, const float* bias,
+                          const float* inv_freq, const int* pos0_dev, int T, int n, int d, int seq_length, DT dt,
+                          cudaStream_t s);
+// As attention_decode / attention_prefill over the int8 cache (dequantized in the kernels).
+void attention_decode_int8(void* out, const void* q, KvQ8 k_cache, KvQ8 v_cache, int cap, const int* pos0_dev, int T,
+                           int n, int d, int splits, float* partial, DT dt, cudaStream_t s);
+void attention_prefill_int8(void* out, const void* q, KvQ8 k_cache, KvQ8 v_cache, int cap, int pos0, int T, int n,
+                            int d, DT dt, cudaStream_t s);
 
 }  // namespace qwen::cuda

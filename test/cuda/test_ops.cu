@@ -393,12 +393,345 @@ void test_attention_prefill(DT dt, int n, int d, int T, int pos0, int chunks) {
           get16(out, ref.size(), dt), ref, tol);
 }
 
+// ---- GPTQ (SPEC 4) ----
+// A random GPTQ linear: random packed q, random stored zeros in [0, 2^b - 2], fp16 scales sized
+// so that outputs are O(1) for x in [-1, 1], fp16 bias; act-order draws g_idx = perm[k] / G for a
+// random permutation (each group G rows, scattered), as GPTQ's desc_act writes it.
+struct RandGptq {
+  std::vector<int32_t> qweight, qzeros, g_idx;
+  std::vector<uint16_t> scales, bias;
+  Linear lin;
+};
+std::unique_ptr<RandGptq> make_gptq(const std::string& name, int N, int K, int bits, int G, bool actorder,
+                                    std::vector<int32_t> custom_gidx = {}) {
+  auto r = std::make_unique<RandGptq>();
+  if (G <= 0) G = K;
+  const int P = 32 / bits, ng = K / G;
+  Rng rng(g_seed++);
+  r->qweight.resize(size_t(K / P) * N);
+  for (auto& v : r->qweight) v = int32_t(uint32_t(rng.next()));
+  r->qzeros.assign(size_t(ng) * (N / P), 0);
+  const uint32_t zmax = (1u << bits) - 1u;  // stored zero in [0, zmax - 1]
+  for (int g = 0; g < ng; g++)
+    for (int n = 0; n < N; n++) {
+      const uint32_t z = uint32_t(rng.next() % zmax);
+      r->qzeros[size_t(g) * (N / P) + n / P] |= int32_t(z << (bits * (n % P)));
+    }
+  const float smax = 2.0f / (std::sqrt(float(K)) * float(1 << (bits - 1)));
+  r->scales.resize(size_t(ng) * N);
+  for (auto& s : r->scales) s = cuda::f32_to_f16_host(rng.uniform(0.3f, 1.0f) * smax);
+  r->bias.resize(size_t(N));
+  for (auto& b : r->bias) b = cuda::f32_to_f16_host(rng.uniform(-0.5f, 0.5f));
+  r->g_idx.resize(size_t(K));
+  if (!custom_gidx.empty()) {
+    r->g_idx = custom_gidx;
+  } else if (actorder) {
+    std::vector<int32_t> p(static_cast<size_t>(K));
+    for (int k = 0; k < K; k++) p[size_t(k)] = k;
+    for (int k = K - 1; k > 0; k--) std::swap(p[size_t(k)], p[size_t(rng.next() % uint64_t(k + 1))]);
+    for (int k = 0; k < K; k++) r->g_idx[size_t(k)] = p[size_t(k)] / G;
+  } else {
+    for (int k = 0; k < K; k++) r->g_idx[size_t(k)] = k / G;
+  }
+  Linear& l = r->lin;
+  l.in = K;
+  l.out = N;
+  l.bits = bits;
+  l.group_size = G;
+  l.qweight = Tensor{name + ".qweight", DType::I32, {K / P, N}, r->qweight.data()};
+  l.qzeros = Tensor{name + ".qzeros", DType::I32, {ng, N / P}, r->qzeros.data()};
+  l.scales = Tensor{name + ".scales", DType::F16, {ng, N}, r->scales.data()};
+  l.g_idx = Tensor{name + ".g_idx", DType::I32, {K}, r->g_idx.data()};
+  l.bias = Tensor{name + ".bias", DType::F16, {N}, r->bias.data()};
+  return r;
+}
+
+// The layer on the device, prepared and repacked as CudaBackend does it.
+struct DevGptq {
+  std::unique_ptr<Dev> qw, meta, cg, perm, bias;
+  cuda::GptqDev L;
+};
+DevGptq upload_gptq(const RandGptq& r) {
+  DevGptq d;
+  const Linear& l = r.lin;
+  cuda::GptqHost h = cuda::gptq_prepare(l, l.qweight.name);
+  auto raw = upload(r.qweight);
+  d.qw = std::make_unique<Dev>(size_t(l.in) * l.out * l.bits / 8);
+  d.meta = upload(h.meta);
+  d.cg = upload(h.cg);
+  if (!h.perm.empty()) d.perm = upload(h.perm);
+  std::vector<float> bf(r.bias.size());
+  for (size_t i = 0; i < bf.size(); i++) bf[i] = f16_to_f32(r.bias[i]);
+  d.bias = upload(bf);
+  cuda::gptq_repack(d.qw->as<uint32_t>(), raw->p, d.perm ? d.perm->as<int32_t>() : nullptr, l.in, l.out, l.bits, S);
+  CHECK(cudaDeviceSynchronize());
+  d.L.qw = d.qw->as<uint32_t>();
+  d.L.meta = d.meta->as<uint32_t>();
+  d.L.cg = d.cg->as<int32_t>();
+  d.L.perm = d.perm ? d.perm->as<int32_t>() : nullptr;
+  d.L.K = l.in;
+  d.L.N = l.out;
+  d.L.bits = l.bits;
+  d.L.ngroups = h.ngroups;
+  return d;
+}
+
+// T == 1: gather + GEMV, exact weights: fp32-sum-order differences only (1e-4). T > 1: the layer
+// is dequantized to the 16-bit type for the GEMM: each weight rounded (2^-9 bf16, 2^-11 fp16).
+void test_gptq_linear(DT dt, int T, int N, int K, int bits, int G, bool actorder, bool accumulate) {
+  auto r = make_gptq("gptq", N, K, bits, G, actorder);
+  DevGptq d = upload_gptq(*r);
+  Half x = rand16(int64_t(T) * K, -1, 1, dt);
+  auto dx = upload(x.h);
+  auto y0 = rand32(int64_t(T) * N, -1, 1);
+  auto dy = upload(y0);
+  Dev xperm(size_t(K) * 2), deq(T > 1 ? size_t(N) * K * 2 : 16);
+  cuda::gptq_linear(dy->as<float>(), dx->p, d.L, d.bias->as<float>(), T, accumulate, xperm.p, deq.p, dt, S);
+  std::vector<float> ref(size_t(T) * N);
+  cpu::linear(ref.data(), x.f.data(), r->lin, T, *g_pool);
+  if (accumulate)
+    for (size_t i = 0; i < ref.size(); i++) ref[i] += y0[i];
+  const double tol = T == 1 ? 1e-4 : (dt == DT::BF16 ? 8e-3 : 2e-3);
+  compare(std::string("gptq_linear ") + cuda::dt_name(dt) + " int" + std::to_string(bits) + " g" +
+              std::to_string(G) + (actorder ? " act-order" : "") + " T,N,K=" + sh({T, N, K}) +
+              (accumulate ? " +=" : ""),
+          dy->get<float>(ref.size()), ref, tol);
+}
+
+void test_gptq_swiglu(DT dt, int F, int K, int bits, int G, bool actorder) {
+  auto r1 = make_gptq("w1", F, K, bits, G, actorder), r2 = make_gptq("w2", F, K, bits, G, actorder);
+  DevGptq d1 = upload_gptq(*r1), d2 = upload_gptq(*r2);
+  Half x = rand16(K, -1, 1, dt);
+  auto dx = upload(x.h);
+  Dev xp1(size_t(K) * 2), xp2(size_t(K) * 2), g(size_t(F) * 2);
+  const void* x1 = dx->p;
+  const void* x2 = dx->p;
+  if (d1.L.perm) cuda::gptq_gather(xp1.p, dx->p, d1.L.perm, 1, K, S), x1 = xp1.p;
+  if (d2.L.perm) cuda::gptq_gather(xp2.p, dx->p, d2.L.perm, 1, K, S), x2 = xp2.p;
+  std::vector<float> b12(size_t(2 * F));
+  for (int f = 0; f < F; f++) {
+    b12[size_t(f)] = f16_to_f32(r1->bias[size_t(f)]);
+    b12[size_t(F + f)] = f16_to_f32(r2->bias[size_t(f)]);
+  }
+  auto db = upload(b12);
+  cuda::gptq_gemv_swiglu(g.p, x1, x2, d1.L, d2.L, db->as<float>(), dt, S);
+  std::vector<float> a(static_cast<size_t>(F)), b(static_cast<size_t>(F)), ref(static_cast<size_t>(F));
+  cpu::linear(a.data(), x.f.data(), r1->lin, 1, *g_pool);
+  cpu::linear(b.data(), x.f.data(), r2->lin, 1, *g_pool);
+  cpu::swiglu(ref.data(), a.data(), b.data(), F);
+  compare(std::string("gptq_gemv_swiglu ") + cuda::dt_name(dt) + " int" + std::to_string(bits) + " g" +
+              std::to_string(G) + (actorder ? " act-order" : "") + " F,K=" + sh({F, K}),
+          get16(g, ref.size(), dt), ref, dt == DT::BF16 ? 4e-3 : 2e-3);
+}
+
+// Bad GPTQ layouts the GPU cannot hold give a qwen::Error naming the layer.
+void test_gptq_errors() {
+  g_cases++;
+  bool ok = true;
+  std::vector<int32_t> gi(128);
+  for (int k = 0; k < 128; k++) gi[size_t(k)] = k < 40 ? 0 : 1;  // groups of 40 and 88 rows
+  auto r = make_gptq("bad_layer", 64, 128, 4, 64, false, gi);
+  try {
+    cuda::gptq_prepare(r->lin, "layer 0 w1");
+    ok = false;
+  } catch (const Error& e) {
+    std::printf("     expected error: %s\n", e.what());
+    if (std::string(e.what()).find("layer 0 w1") == std::string::npos) ok = false;
+  }
+  auto r2 = make_gptq("bad_bits", 64, 128, 4, 64, false);
+  r2->lin.bits = 2;
+  try {
+    cuda::gptq_prepare(r2->lin, "layer 1 c_attn");
+    ok = false;
+  } catch (const Error& e) {
+    std::printf("     expected error: %s\n", e.what());
+  }
+  if (!ok) g_failures++;
+  std::printf("%-4s bad GPTQ layouts become qwen::Error\n", ok ? "ok" : "FAIL");
+}
+
+// ---- int8 KV cache (SPEC 5) ----
+// The fused rope/append with quantization: q as in test_rope; the cache rows dequantized vs the
+// CPU's kv_quantize_int8 of the CPU's roped k and of v. v has the same fp32 inputs on both sides
+// (bit-identical quantization expected); k differs from the CPU's rope by fp32 rounding, which
+// may move a value across a rounding boundary: one step = (max - min) / 255 <= 2 max|x| / 255.
+void test_rope_int8(DT dt, int T, int n, int d, int pos0, int S_len, double alpha) {
+  const int H = n * d, cap = pos0 + T + 3;
+  auto qkv = rand32(int64_t(T) * 3 * H, -2, 2);
+  auto bias = rand32(3 * H, -0.5f, 0.5f);
+  auto inv = inv_freq_table(d, 10000.0, alpha);
+  auto dqkv = upload(qkv), db = upload(bias), dinv = upload(inv);
+  Dev kq(size_t(n) * cap * d), vq(size_t(n) * cap * d), ksz(size_t(n) * cap * 8), vsz(size_t(n) * cap * 8);
+  std::unique_ptr<Dev> dpos;
+  Dev q(size_t(T) * H * 2);
+  cuda::qkv_rope_append_int8(q.p, {kq.as<uint8_t>(), ksz.as<float2>()}, {vq.as<uint8_t>(), vsz.as<float2>()}, cap,
+                             dqkv->as<float>(), db->as<float>(), dinv->as<float>(), dev_int(pos0, dpos), T, n, d,
+                             S_len, dt, S);
+  std::vector<float> r = qkv;
+  for (int t = 0; t < T; t++)
+    for (int i = 0; i < 3 * H; i++) r[size_t(t) * 3 * H + i] += bias[size_t(i)];
+  cpu::rope(r.data(), 3 * H, T, n, d, pos0, 10000.0, alpha);
+  cpu::rope(r.data() + H, 3 * H, T, n, d, pos0, 10000.0, alpha);
+  std::vector<float> qref(size_t(T) * H);
+  for (int t = 0; t < T; t++) {
+    const float s = logn_scale(pos0 + t, S_len);
+    for (int i = 0; i < H; i++) qref[size_t(t) * H + i] = r[size_t(t) * 3 * H + i] * s;
+  }
+  auto kqg = kq.get<uint8_t>(size_t(n) * cap * d), vqg = vq.get<uint8_t>(size_t(n) * cap * d);
+  auto kszg = ksz.get<float2>(size_t(n) * cap), vszg = vsz.get<float2>(size_t(n) * cap);
+  std::vector<float> kref, kgot, vref, vgot;
+  std::vector<uint8_t> qb(static_cast<size_t>(d));
+  size_t v_code_diff = 0;
+  for (int t = 0; t < T; t++)
+    for (int h = 0; h < n; h++) {
+      const size_t row = size_t(h) * cap + size_t(pos0 + t);
+      for (int which = 1; which <= 2; which++) {
+        const float* src = r.data() + size_t(t) * 3 * H + size_t(which) * H + size_t(h) * d;
+        float s, z;
+        cpu::kv_quantize_int8(src, d, qb.data(), &s, &z);
+        const auto& gq = which == 1 ? kqg : vqg;
+        const float2 gsz = which == 1 ? kszg[row] : vszg[row];
+        for (int c = 0; c < d; c++) {
+          (which == 1 ? kref : vref).push_back(s * (float(qb[size_t(c)]) - z));
+          (which == 1 ? kgot : vgot).push_back(gsz.x * (float(gq[row * d + c]) - gsz.y));
+          if (which == 2 && qb[size_t(c)] != gq[row * d + c]) v_code_diff++;
+        }
+        if (which == 2 && (s != gsz.x || z != gsz.y)) v_code_diff++;
+      }
+    }
+  const std::string tag = std::string(cuda::dt_name(dt)) + " T,n,d,pos0,S=" + sh({T, n, d, pos0, S_len});
+  compare("rope_int8(q, logn) " + tag, get16(q, qref.size(), dt), qref, dt == DT::BF16 ? 4e-3 : 2e-3);
+  compare("rope_int8(k) quantized vs cpu::kv_quantize_int8 " + tag, kgot, kref, 2.0 / 255 + 1e-6);
+  compare("append_int8(v) quantized vs cpu::kv_quantize_int8 " + tag, vgot, vref, 1e-6);
+  g_cases++;
+  if (v_code_diff) g_failures++;
+  std::printf("%-4s append_int8(v) %s: codes/scales identical to the CPU's (%zu differences)\n",
+              v_code_diff ? "FAIL" : "ok", tag.c_str(), v_code_diff);
+}
+
+// A random int8 cache (same codes, scales, zeros on both sides); rows past `valid` have NaN scale.
+struct Kv8Rand {
+  std::vector<uint8_t> kq, vq;
+  std::vector<float> ks, kz, vs, vz;
+  std::unique_ptr<Dev> dkq, dvq, dksz, dvsz;
+  cuda::KvQ8 k() const { return {dkq->as<uint8_t>(), dksz->as<float2>()}; }
+  cuda::KvQ8 v() const { return {dvq->as<uint8_t>(), dvsz->as<float2>()}; }
+};
+Kv8Rand make_kv8(int n, int cap, int d, int valid) {
+  Kv8Rand r;
+  Rng rng(g_seed++);
+  const size_t rows = size_t(n) * cap;
+  r.kq.resize(rows * d);
+  r.vq.resize(rows * d);
+  for (auto& v : r.kq) v = uint8_t(rng.next());
+  for (auto& v : r.vq) v = uint8_t(rng.next());
+  std::vector<float2> ksz(rows), vsz(rows);
+  for (auto* p : {&r.ks, &r.kz, &r.vs, &r.vz}) p->resize(rows);
+  for (size_t i = 0; i < rows; i++) {
+    const bool ok = int(i % size_t(cap)) < valid;
+    r.ks[i] = ok ? rng.uniform(2.0f, 4.0f) / 255 : NAN;
+    r.kz[i] = rng.uniform(100, 155);
+    r.vs[i] = ok ? rng.uniform(1.0f, 2.0f) / 255 : NAN;
+    r.vz[i] = rng.uniform(80, 175);
+    ksz[i] = make_float2(r.ks[i], r.kz[i]);
+    vsz[i] = make_float2(r.vs[i], r.vz[i]);
+  }
+  r.dkq = upload(r.kq);
+  r.dvq = upload(r.vq);
+  r.dksz = upload(ksz);
+  r.dvsz = upload(vsz);
+  return r;
+}
+std::vector<float> cpu_attention8(const Half& q, const Kv8Rand& kv, int cap, int T, int n, int d, int pos0) {
+  std::vector<float> ref(size_t(T) * n * d);
+  cpu::KvInt8 K{kv.kq.data(), kv.ks.data(), kv.kz.data()}, V{kv.vq.data(), kv.vs.data(), kv.vz.data()};
+  cpu::attention_int8(ref.data(), q.f.data(), int64_t(n) * d, K, V, cap, T, n, d, pos0, *g_pool);
+  return ref;
+}
+void test_attention_decode_int8(DT dt, int n, int d, int len, int cap, int splits, int T = 1) {
+  Kv8Rand kv = make_kv8(n, cap, d, len);
+  Half q = rand16(int64_t(T) * n * d, -1.5f, 1.5f, dt);
+  auto dq = upload(q.h);
+  const int pos0 = len - T;
+  std::unique_ptr<Dev> dpos;
+  Dev out(size_t(T) * n * d * 2);
+  Dev partial(std::max<size_t>(cuda::attention_decode_partial_floats(T, n, d, splits) * 4, 4));
+  cuda::attention_decode_int8(out.p, dq->p, kv.k(), kv.v(), cap, dev_int(pos0, dpos), T, n, d, splits,
+                              partial.as<float>(), dt, S);
+  auto ref = cpu_attention8(q, kv, cap, T, n, d, pos0);
+  compare(std::string("attention_decode_int8 ") + cuda::dt_name(dt) + " n,d,len,cap,splits,T=" +
+              sh({n, d, len, cap, splits, T}),
+          get16(out, ref.size(), dt), ref, dt == DT::BF16 ? 4e-3 : 2e-3);
+}
+// Flash prefill over the int8 cache: tiles are dequantized to the 16-bit type in shared memory
+// (one more rounding of K and V: 2^-9 in bf16), on top of the P rounding: 1e-2 / 4e-3.
+void test_attention_prefill_int8(DT dt, int n, int d, int T, int pos0) {
+  const int len = pos0 + T, cap = len + 5;
+  Kv8Rand kv = make_kv8(n, cap, d, len);
+  Half q = rand16(int64_t(T) * n * d, -1.5f, 1.5f, dt);
+  auto dq = upload(q.h);
+  Dev out(size_t(T) * n * d * 2);
+  std::unique_ptr<Dev> dpos;
+  const bool flash = cuda::attention_prefill_supported(d);
+  if (flash)
+    cuda::attention_prefill_int8(out.p, dq->p, kv.k(), kv.v(), cap, pos0, T, n, d, dt, S);
+  else
+    cuda::attention_decode_int8(out.p, dq->p, kv.k(), kv.v(), cap, dev_int(pos0, dpos), T, n, d, 1, nullptr, dt, S);
+  auto ref = cpu_attention8(q, kv, cap, T, n, d, pos0);
+  compare(std::string(flash ? "attention_prefill_int8(flash) " : "attention_prefill_int8(split) ") +
+              cuda::dt_name(dt) + " n,d,T,pos0=" + sh({n, d, T, pos0}),
+          get16(out, ref.size(), dt), ref, flash ? (dt == DT::BF16 ? 1e-2 : 4e-3) : (dt == DT::BF16 ? 4e-3 : 2e-3));
+}
+
+// Informal: 7B-shaped int4 g128 decode GEMVs, and the prefill path (dequantize + GEMM) at T=2048.
+void time_gptq() {
+  const DT dt = DT::F16;
+  cudaEvent_t a, b;
+  CHECK(cudaEventCreate(&a));
+  CHECK(cudaEventCreate(&b));
+  auto elapsed = [&](auto fn, int reps) {
+    for (int i = 0; i < 3; i++) fn();
+    CHECK(cudaEventRecord(a, S));
+    for (int i = 0; i < reps; i++) fn();
+    CHECK(cudaEventRecord(b, S));
+    CHECK(cudaEventSynchronize(b));
+    float ms = 0;
+    CHECK(cudaEventElapsedTime(&ms, a, b));
+    return double(ms) / reps;
+  };
+  for (int bits : {4, 8})
+    for (auto nk : std::vector<std::pair<int, int>>{{12288, 4096}, {4096, 4096}, {4096, 11008}, {22016, 4096}}) {
+      const int N = nk.first, K = nk.second;
+      auto r = make_gptq("t", N, K, bits, 128, false);
+      DevGptq d = upload_gptq(*r);
+      Half x = rand16(K, -1, 1, dt, false);
+      auto dx = upload(x.h);
+      Dev y(size_t(N) * 4);
+      const double ms = elapsed([&] { cuda::gptq_gemv(y.as<float>(), dx->p, d.L, d.bias->as<float>(), false, dt, S); }, 50);
+      const double bytes = double(N) * K * bits / 8 + double(N) * (K / 128) * 4;
+      std::printf("time gptq_gemv int%d g128 N,K=%s: %.1f us, %.0f GB/s\n", bits, sh({N, K}).c_str(), ms * 1e3,
+                  bytes / ms / 1e6);
+      if (bits == 4 && N == 22016) {
+        const int T = 2048;
+        Half xt = rand16(int64_t(512) * K, -1, 1, dt, false);
+        auto dxt = upload(xt.h);
+        Dev yt(size_t(512) * N * 4), deq(size_t(N) * K * 2);
+        const double dq = elapsed([&] { cuda::gptq_dequant(deq.p, d.L, dt, S); }, 10);
+        const double gm = elapsed([&] { cuda::gemm(yt.as<float>(), dxt->p, deq.p, nullptr, 512, N, K, false, dt, S); }, 10);
+        std::printf("time gptq prefill N,K=%s: dequantize %.3f ms + GEMM (512 rows) %.3f ms; at T=%d (4 passes of 512): "
+                    "dequant share %.1f%%\n",
+                    sh({N, K}).c_str(), dq, gm, T, 100.0 * dq / (dq + gm));
+      }
+    }
+}
+
 // ---- whole model ----
 struct RandomModel {
   ModelConfig cfg;
   ModelWeights w;
   std::vector<std::vector<uint16_t>> mats;
   std::vector<std::vector<float>> vecs;
+  std::vector<std::unique_ptr<RandGptq>> gptqs;
   Tensor mat(const std::string& name, int64_t rows, int64_t cols, DT dt) {
     const float a = std::sqrt(3.0f / float(cols));
     mats.push_back(rand16(rows * cols, name == "wte" ? -1.0f : -a, name == "wte" ? 1.0f : a, dt, false).h);
@@ -409,7 +742,9 @@ struct RandomModel {
     return Tensor{name, DType::F32, {n}, vecs.back().data()};
   }
 };
-std::unique_ptr<RandomModel> random_model(int H, int n, int F, int V, int L, int S_len, DT dt) {
+// bits > 0: every linear but lm_head is a random GPTQ layer (group G, act-order or not), with a bias.
+std::unique_ptr<RandomModel> random_model(int H, int n, int F, int V, int L, int S_len, DT dt, int bits = 0, int G = 0,
+                                          bool actorder = false) {
   auto m = std::make_unique<RandomModel>();
   m->mats.reserve(size_t(8 * L + 8));
   m->vecs.reserve(size_t(8 * L + 8));
@@ -418,11 +753,17 @@ std::unique_ptr<RandomModel> random_model(int H, int n, int F, int V, int L, int
   c.hidden_size = H;
   c.num_layers = L;
   c.num_heads = n;
+  c.num_kv_heads = n;  // QwenV1: one KV head per query head (the CPU cache is sized by it)
   c.head_dim = H / n;
   c.ffn_size = F;
   c.seq_length = S_len;
   c.max_position_embeddings = S_len;
   auto lin = [&](const std::string& name, int out, int in, bool bias) {
+    if (bits && name != "lm_head") {
+      m->gptqs.push_back(make_gptq(name, out, in, bits, G, actorder));
+      c.gptq.bits = bits;
+      return m->gptqs.back()->lin;
+    }
     Linear l;
     l.in = in;
     l.out = out;
@@ -450,10 +791,11 @@ std::unique_ptr<RandomModel> random_model(int H, int n, int F, int V, int L, int
 // One sequence through both backends: a prompt, then `steps` decode steps (greedy on the CPU's
 // logits), comparing logits each time; then the same prompt prefilled in two chunks on the GPU.
 void test_model(const std::string& tag, int H, int n, int F, int V, int L, int S_len, int prompt, int steps,
-                bool all_logits, DT dt) {
+                bool all_logits, DT dt, int bits = 0, int G = 0, bool actorder = false, bool kv8 = false) {
   auto t_start = std::chrono::steady_clock::now();
-  auto m = random_model(H, n, F, V, L, S_len, dt);
+  auto m = random_model(H, n, F, V, L, S_len, dt, bits, G, actorder);
   BackendOptions opt;
+  if (kv8) opt.kv_cache = KvCacheType::Int8;
   auto cpu_b = make_cpu_backend(m->cfg, m->w, opt, nullptr);
   double last_progress = -1;
   bool monotone = true;
@@ -804,6 +1146,69 @@ int main(int argc, char** argv) {
                               {2, 8, 20, 0, 1, DT::BF16},    {2, 64, 65, 3, 1, DT::F16}};
       for (const P& c : q ? quick : full) test_attention_prefill(c.dt, c.n, c.d, c.T, c.pos0, c.chunks);
     }
+    if (want("gptq")) {
+      struct G { DT dt; int T, N, K, bits, G; bool act, acc; };
+      std::vector<G> full = {
+          {DT::F16, 1, 12288, 4096, 4, 128, false, false}, {DT::F16, 1, 4096, 11008, 4, 128, false, true},
+          {DT::F16, 1, 5120, 13696, 4, 128, false, false}, {DT::F16, 37, 12288, 4096, 4, 128, false, false},
+          {DT::F16, 1, 4096, 4096, 4, 64, true, false},    {DT::F16, 1, 4096, 11008, 4, 64, true, true},
+          {DT::F16, 70, 4096, 11008, 4, 64, true, true},   {DT::F16, 1, 4096, 4096, 4, -1, false, false},
+          {DT::F16, 5, 11008, 4096, 4, -1, false, false},  {DT::F16, 1, 12288, 4096, 8, 128, false, false},
+          {DT::F16, 1, 4096, 11008, 8, 128, false, true},  {DT::F16, 1, 5120, 13696, 8, 128, false, false},
+          {DT::F16, 33, 4096, 4096, 8, 128, false, false}, {DT::F16, 1, 11008, 4096, 8, 64, true, false},
+          {DT::F16, 9, 4096, 13696, 8, 64, true, false},   {DT::F16, 1, 4096, 11008, 8, -1, false, false},
+          {DT::BF16, 1, 4096, 4096, 4, 128, false, false}, {DT::BF16, 20, 4096, 4096, 4, 64, true, false},
+          {DT::BF16, 1, 4096, 4096, 8, 64, true, false},   {DT::F16, 1, 64, 128, 4, 32, true, false},
+          {DT::F16, 3, 48, 128, 8, 32, false, true}};
+      std::vector<G> quick = {{DT::F16, 1, 64, 128, 4, 32, true, false}, {DT::F16, 3, 48, 128, 8, 32, false, true},
+                              {DT::F16, 1, 256, 512, 4, 128, false, false}, {DT::F16, 1, 256, 512, 8, 64, true, true},
+                              {DT::BF16, 5, 128, 256, 4, -1, false, false}};
+      for (const G& c : q ? quick : full) test_gptq_linear(c.dt, c.T, c.N, c.K, c.bits, c.G, c.act, c.acc);
+      if (!q) {
+        test_gptq_swiglu(DT::F16, 11008, 4096, 4, 128, false);
+        test_gptq_swiglu(DT::F16, 11008, 4096, 8, 64, true);
+        test_gptq_swiglu(DT::F16, 13696, 5120, 4, 64, true);
+      }
+      test_gptq_swiglu(DT::BF16, 512, 128, 4, -1, false);
+      test_gptq_swiglu(DT::F16, 256, 128, 8, 32, true);
+      test_gptq_errors();
+    }
+    if (want("kv8")) {
+      test_rope_int8(DT::BF16, 1, q ? 4 : 32, 128, 0, 8192, 1);
+      test_rope_int8(DT::BF16, 5, 2, 64, 60, 64, 1);
+      test_rope_int8(DT::BF16, 3, 2, 8, 0, 8192, 1);
+      test_rope_int8(DT::BF16, 2, 2, 256, 10, 8192, 1);
+      test_rope_int8(DT::F16, 4, 4, 128, 2040, 2048, 3);
+      const int cap = q ? 600 : 8192, splits = cuda::ceil_div(cap, 256);
+      for (int len : q ? std::vector<int>{1, 257, 600} : std::vector<int>{1, 257, 4097, 8192})
+        test_attention_decode_int8(DT::BF16, q ? 4 : 32, 128, len, cap, splits);
+      test_attention_decode_int8(DT::BF16, 2, 64, 65, 100, 1);
+      test_attention_decode_int8(DT::BF16, 2, 8, 300, 300, 2);
+      test_attention_decode_int8(DT::F16, 8, 128, 1000, 1024, 4);
+      test_attention_decode_int8(DT::BF16, 4, 128, 300, 512, 2, 5);
+      test_attention_prefill_int8(DT::BF16, q ? 2 : 8, 128, 300, 0);
+      if (!q) test_attention_prefill_int8(DT::BF16, 8, 128, 517, 1000);
+      test_attention_prefill_int8(DT::BF16, 2, 64, 129, 3);
+      test_attention_prefill_int8(DT::BF16, 2, 8, 40, 15);
+      test_attention_prefill_int8(DT::F16, 4, 128, 200, 50);
+    }
+    if (model && want("model")) {
+      // GPTQ models (fp16 like GPTQ checkpoints), tiny fixture shapes; then int8 KV caches.
+      test_model("tiny-gptq-int4-g64", 128, 2, 256, 1000, 2, 64, 70, 4, true, DT::F16, 4, 64, false);
+      test_model("tiny-gptq-int4-g64-actorder", 128, 2, 256, 1000, 2, 64, 70, 4, true, DT::F16, 4, 64, true);
+      test_model("tiny-gptq-int8-g128", 128, 2, 256, 1000, 2, 64, 30, 4, false, DT::F16, 8, 128, false);
+      test_model("tiny-gptq-int4-g-1-actorder", 128, 2, 256, 1000, 2, 64, 30, 3, false, DT::F16, 4, 0, true);
+      test_model("tiny-kv8", 128, 2, 256, 1000, 2, 64, 70, 4, true, DT::BF16, 0, 0, false, true);
+      test_model("tiny-kv8", 128, 2, 256, 1000, 2, 64, 20, 4, false, DT::F16, 0, 0, false, true);
+      test_model("tiny-d8-kv8", 16, 2, 32, 1000, 2, 64, 20, 3, false, DT::BF16, 0, 0, false, true);
+      test_model("tiny-gptq-int4-actorder-kv8", 128, 2, 256, 1000, 2, 64, 40, 3, false, DT::F16, 4, 32, true, true);
+      if (!q) {
+        test_model("tiny-long-kv8", 128, 2, 256, 1000, 2, 64, 1100, 2, false, DT::BF16, 0, 0, false, true);
+        test_model("7B-shaped-2L-gptq-int4-g128", 4096, 32, 11008, 151936, 2, 16, 20, 3, false, DT::F16, 4, 128, false);
+        test_model("7B-shaped-2L-gptq-int8-g64-actorder-kv8", 4096, 32, 11008, 151936, 2, 16, 20, 3, false, DT::F16, 8,
+                   64, true, true);
+      }
+    }
     if (model && want("model")) {
       // tiny fixture shape (H 128, n 2, d 64, F 256, V 1000, S 64): prompt 70 > S: NTK alpha 3, logn on.
       test_model("tiny", 128, 2, 256, 1000, 2, 64, 70, 4, true, DT::BF16);
@@ -821,7 +1226,8 @@ int main(int argc, char** argv) {
       test_f16_converter();
       test_graph_vs_eager(DT::BF16);
     }
-    if (timing && want("time")) {
+    if (timing && want("time_gptq")) time_gptq();
+    if (timing && want("time") && g_filter != "time_gptq") {
       time_gemm(DT::BF16, 512, 22016, 4096);
       time_gemm(DT::BF16, 512, 4096, 11008);
       time_decode(DT::BF16, 4096, 32, 11008, 151936, 2);
