@@ -70,19 +70,34 @@ struct LoadJob {
   LoadTsfn tsfn;
   std::thread thread;
   std::unique_ptr<Model> result;
-  std::string error;
+  std::string error;           // written by the loading thread
+  std::string progress_error;  // written on the JS thread
   explicit LoadJob(Napi::Env env) : deferred(Napi::Promise::Deferred::New(env)) {}
 };
 
+void load_call_js_body(Napi::Env env, Napi::Function on_progress, LoadJob* job, LoadEvent* ev);
+
+// See seq_call_js (sequence.cpp): no JS exception may escape a thread-safe function's callback.
+// A throwing onProgress is reported as the load's rejection instead of being lost.
 void load_call_js(Napi::Env env, Napi::Function on_progress, LoadJob* job, LoadEvent* ev) {
   std::unique_ptr<LoadEvent> owned(ev);
   if (!env || !ev) return;
+  try {
+    load_call_js_body(env, on_progress, job, ev);
+  } catch (const Napi::Error& e) {
+    if (!ev->done && job->progress_error.empty()) job->progress_error = std::string("onProgress threw: ") + e.Message();
+  }
+}
+
+void load_call_js_body(Napi::Env env, Napi::Function on_progress, LoadJob* job, LoadEvent* ev) {
   if (!ev->done) {
     if (!on_progress.IsEmpty() && on_progress.IsFunction()) on_progress.Call({Napi::Number::New(env, ev->progress)});
     return;
   }
-  if (!job->result) {
-    job->deferred.Reject(Napi::Error::New(env, job->error).Value());
+  if (!job->result || !job->progress_error.empty()) {
+    job->result.reset();  // a model loaded despite a throwing onProgress is freed, not leaked
+    const std::string& msg = job->error.empty() ? job->progress_error : job->error;
+    job->deferred.Reject(Napi::Error::New(env, msg).Value());
     return;
   }
   AddonData* data = env.GetInstanceData<AddonData>();

@@ -37,9 +37,21 @@ std::mutex& state_mutex() {
   return mu;
 }
 
+void seq_call_js_body(Napi::Env env, Napi::Function cb, SeqJob* job, SeqEvent* ev);
+
+// A JS exception here (the environment shutting down, as when a worker is terminated mid-
+// generation) must not escape into the thread-safe function's C callback: that would terminate
+// the process. There is nobody left to report it to, so it is dropped.
 void seq_call_js(Napi::Env env, Napi::Function cb, SeqJob* job, SeqEvent* ev) {
   std::unique_ptr<SeqEvent> owned(ev);
   if (!env || !ev) return;
+  try {
+    seq_call_js_body(env, cb, job, ev);
+  } catch (const Napi::Error&) {
+  }
+}
+
+void seq_call_js_body(Napi::Env env, Napi::Function cb, SeqJob* job, SeqEvent* ev) {
   if (ev->kind == SeqEvent::Token) {
     cb.Call({Napi::String::New(env, "token"), Napi::Number::New(env, ev->token), Napi::Boolean::New(env, ev->stop)});
     return;
