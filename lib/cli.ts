@@ -10,6 +10,9 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { AbortError, Model, type CompletionResult, type GenerateOptions, type LoadOptions } from './model';
 import { ensureDemoModel } from './demo';
 import { DEFAULT_SYSTEM, type ChatTurn } from './chat';
+import { doctor, formatDoctor } from './doctor';
+import { formatBytes, pull, type PullProgress } from './pull';
+import { runServeCommand } from './server';
 
 const COMMON_HELP = `  --model, -m DIR           checkpoint folder, or "demo" (tiny model, random weights)
   --max-new-tokens N        tokens to generate at most (default: generation_config.json, else 512)
@@ -36,6 +39,9 @@ const HELP: Record<string, string> = {
 Commands:
   generate   complete a prompt, streaming the text to stdout
   chat       interactive chat (ChatML), history kept between turns
+  serve      OpenAI-compatible HTTP server (/v1) and a chat page (/)
+  pull       download a checkpoint from the Hugging Face Hub (qwen-native pull org/name)
+  doctor     print the GPU, driver and binary found, and what device 'auto' will use
 
 Run "qwen-native <command> --help" for its options; "qwen-native --version" prints
 the version. "--model demo" runs a tiny random-weight checkpoint (built on first
@@ -48,6 +54,26 @@ stdin (verbatim). Ctrl-C stops the generation.
 
   --prompt, -p TEXT         the prompt (plain text; control-token spellings stay text)
 ${COMMON_HELP}`,
+  pull: `Usage: qwen-native pull ORG/NAME [--revision R] [--dir D]
+
+Downloads the files a load needs (config.json, generation_config.json, qwen.tiktoken,
+tokenizer_config.json, quantize_config.json, and model.safetensors or the index and its
+shards) from the Hugging Face Hub. Interrupted downloads resume; files are checked
+against the sha256 the hub lists. HF_TOKEN is sent for gated or private repos;
+HF_ENDPOINT points at a mirror.
+
+  --revision, -r R          branch, tag or commit (default main)
+  --dir, -d D               destination folder (default ./NAME)
+  --concurrency N           files at once (default 4)
+  --help, -h                this text`,
+  doctor: `Usage: qwen-native doctor [--json]
+
+Prints what was found: the binary in use (prebuilt or built here, CUDA or CPU), the
+NVIDIA driver, the GPUs and their compute capability, and which device 'auto' will
+run on and why.
+
+  --json                    the same as JSON
+  --help, -h                this text`,
   chat: `Usage: qwen-native chat --model DIR [--system TEXT] [options]
 
 Reads a message per line from stdin and streams the reply. Commands:
@@ -284,6 +310,75 @@ async function chat(args: string[]): Promise<number> {
   return 0;
 }
 
+function simpleParse(command: string, args: string[], options: NonNullable<ParseArgsConfig['options']>) {
+  try {
+    return parseArgs({ args, options, strict: true, allowPositionals: true });
+  } catch (err) {
+    const e = err as Error & { code?: string };
+    if (e.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION')
+      throw new UsageError(`unknown flag ${/'([^']+)'/.exec(e.message)?.[1] ?? e.message} for ${command} (see qwen-native ${command} --help)`);
+    if (e.code?.startsWith('ERR_PARSE_ARGS_')) throw new UsageError(e.message);
+    throw err;
+  }
+}
+
+async function pullCommand(args: string[]): Promise<number> {
+  const { values, positionals } = simpleParse('pull', args, {
+    revision: { type: 'string', short: 'r' },
+    dir: { type: 'string', short: 'd' },
+    concurrency: { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
+  });
+  if (values.help) return help('pull');
+  if (positionals.length !== 1) throw new UsageError('pull takes one repo, as org/name (see qwen-native pull --help)');
+  let concurrency: number | undefined;
+  if (values.concurrency !== undefined) {
+    concurrency = Number(values.concurrency);
+    if (!Number.isInteger(concurrency) || concurrency < 1) throw new UsageError(`--concurrency must be a positive integer, got "${values.concurrency}"`);
+  }
+  const err = process.stderr;
+  const ctl = new AbortController();
+  process.on('SIGINT', () => (ctl.signal.aborted ? process.exit(130) : ctl.abort()));
+  let lastDraw = 0;
+  const onProgress = (p: PullProgress) => {
+    if (err.isTTY) {
+      const now = Date.now();
+      if (!p.file && now - lastDraw < 100) return;
+      lastDraw = now;
+      const frac = p.total ? Math.min(1, p.done / p.total) : 0;
+      const label = `${formatBytes(p.done)} / ${formatBytes(p.total)}, ${p.filesDone}/${p.files} files `;
+      const width = Math.max(10, Math.min(40, (err.columns ?? 80) - label.length - 8));
+      const done = Math.round(frac * width);
+      err.write(`\r\x1b[2K${label}[${'#'.repeat(done)}${'.'.repeat(width - done)}] ${String(Math.floor(frac * 100)).padStart(3)}%`);
+    } else if (p.file) err.write(`qwen-native: ${p.file} done (${p.filesDone}/${p.files} files)\n`);
+  };
+  const t0 = performance.now();
+  const r = await pull(positionals[0], {
+    revision: values.revision as string | undefined,
+    dir: values.dir as string | undefined,
+    concurrency,
+    onProgress,
+    signal: ctl.signal,
+  });
+  if (err.isTTY) err.write('\r\x1b[2K');
+  const fetched = r.files.filter((f) => !f.skipped).length;
+  const checked = r.files.filter((f) => f.verified === 'sha256').length;
+  err.write(
+    `qwen-native: ${r.dir}: ${r.files.length} files, ${formatBytes(r.bytes)} (${fetched} downloaded, ${r.files.length - fetched} already there; ` +
+      `${checked} sha256-checked) in ${((performance.now() - t0) / 1000).toFixed(1)} s${r.commit ? `, commit ${r.commit.slice(0, 12)}` : ''}\n`,
+  );
+  process.stdout.write(r.dir + '\n');
+  return 0;
+}
+
+function doctorCommand(args: string[]): number {
+  const { values } = simpleParse('doctor', args, { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } });
+  if (values.help) return help('doctor');
+  const r = doctor();
+  process.stdout.write(values.json ? JSON.stringify(r, null, 2) + '\n' : formatDoctor(r));
+  return r.loadError ? 1 : 0;
+}
+
 function help(which: string): number {
   process.stdout.write(HELP[which] + '\n');
   return 0;
@@ -295,13 +390,16 @@ async function main(argv: string[]): Promise<number> {
   process.stdout.on('error', (e: NodeJS.ErrnoException) => (e.code === 'EPIPE' ? process.exit(0) : undefined));
   if (command === 'generate') return generate(args);
   if (command === 'chat') return chat(args);
+  if (command === 'serve') return runServeCommand(args);
+  if (command === 'pull') return pullCommand(args);
+  if (command === 'doctor') return doctorCommand(args);
   if (command === undefined || command === '--help' || command === '-h' || command === 'help') return help('main');
   if (command === '--version') {
     const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'package.json'), 'utf8')) as { version: string };
     process.stdout.write(pkg.version + '\n');
     return 0;
   }
-  throw new UsageError(`unknown command ${command} (commands: generate, chat; see qwen-native --help)`);
+  throw new UsageError(`unknown command ${command} (commands: generate, chat, serve, pull, doctor; see qwen-native --help)`);
 }
 
 main(process.argv.slice(2)).then(
