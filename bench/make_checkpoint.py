@@ -23,8 +23,14 @@ MARKER = "bench-checkpoint.json"
 STD = 0.02
 
 
-def tensor_list(H, L, F, V, **_):
-    """(name, shape, kind) in SPEC 2's order; kind 'ones' for norm weights, else random."""
+def tensor_list(H, L, F, V, bits=None, G=None, **_):
+    """(name, shape, kind[, dtype]) in SPEC 2's order; kind 'ones' for norm weights, else random.
+
+    With bits (a GPTQ shape), the five linears of each layer become SPEC 4's qweight / qzeros /
+    scales / g_idx / bias and the other tensors are fp16, as Qwen's Int4/Int8 releases store them.
+    """
+    if bits:
+        return gptq_tensor_list(H, L, F, V, bits, G)
     out = [("transformer.wte.weight", [V, H], "rand")]
     for i in range(L):
         p = f"transformer.h.{i}."
@@ -42,6 +48,33 @@ def tensor_list(H, L, F, V, **_):
     return out
 
 
+def gptq_tensor_list(H, L, F, V, bits, G):
+    P = 32 // bits
+    zero_word = {4: 0x77777777, 8: 0x7F7F7F7F}[bits]  # sym: every stored zero is 2^(bits-1) - 1
+
+    def linear(prefix, K, N):
+        return [
+            (prefix + ".qweight", [K // P, N], "rand_i32", "I32"),
+            (prefix + ".qzeros", [K // G, N // P], ("const_i32", zero_word), "I32"),
+            (prefix + ".scales", [K // G, N], "scale", "F16"),
+            (prefix + ".g_idx", [K], ("gidx", G), "I32"),
+            (prefix + ".bias", [N], "rand", "F16"),
+        ]
+
+    out = [("transformer.wte.weight", [V, H], "rand", "F16")]
+    for i in range(L):
+        p = f"transformer.h.{i}."
+        out += [(p + "ln_1.weight", [H], "ones", "F16")] + linear(p + "attn.c_attn", H, 3 * H)
+        out += linear(p + "attn.c_proj", H, H) + [(p + "ln_2.weight", [H], "ones", "F16")]
+        out += linear(p + "mlp.w1", H, F) + linear(p + "mlp.w2", H, F) + linear(p + "mlp.c_proj", F, H)
+    out += [("transformer.ln_f.weight", [H], "ones", "F16"), ("lm_head.weight", [V, H], "rand", "F16")]
+    return out
+
+
+def dtype_of(t):
+    return t[3] if len(t) > 3 else "BF16"
+
+
 def numel(shape):
     n = 1
     for s in shape:
@@ -52,9 +85,10 @@ def numel(shape):
 def safetensors_header(tensors):
     """The header bytes (length prefix included); data_offsets are relative to the data start."""
     hdr, off = {"__metadata__": {"format": "pt"}}, 0
-    for name, shape, _ in tensors:
-        nb = 2 * numel(shape)
-        hdr[name] = {"dtype": "BF16", "shape": shape, "data_offsets": [off, off + nb]}
+    for t in tensors:
+        name, shape, dt = t[0], t[1], dtype_of(t)
+        nb = (4 if dt == "I32" else 2) * numel(shape)
+        hdr[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + nb]}
         off += nb
     js = json.dumps(hdr, separators=(",", ":")).encode()
     js += b" " * (-len(js) % 8)  # as the safetensors library does: the data starts 8-byte aligned
@@ -80,7 +114,9 @@ class Drawer:
             import numpy as np
             self.np, self.dev, self.rng = np, "cpu(numpy)", np.random.default_rng(seed)
 
-    def draw(self, shape, kind):
+    def draw(self, shape, kind, dtype="BF16"):
+        if dtype != "BF16":
+            return self.draw_gptq(shape, kind, dtype)
         if self.torch is not None:
             t = self.torch
             if kind == "ones":
@@ -96,6 +132,28 @@ class Drawer:
         f = np.ones(shape, np.float32) if kind == "ones" else self.rng.standard_normal(shape, np.float32) * STD
         b = f.view(np.uint32)
         return ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)  # fp32 -> bf16, round to nearest even
+
+
+    def draw_gptq(self, shape, kind, dtype):
+        """GPTQ-checkpoint tensors (torch only): int32 words, fp16 values."""
+        t = self.torch
+        if t is None:
+            raise SystemExit("make_checkpoint: GPTQ shapes need torch")
+        dev = self.dev
+        if kind == "rand_i32":
+            x = t.randint(-2**31, 2**31 - 1, shape, dtype=t.int32, device=dev, generator=self.gen)
+        elif isinstance(kind, tuple) and kind[0] == "const_i32":
+            x = t.full(shape, kind[1] - (1 << 32 if kind[1] >= 1 << 31 else 0), dtype=t.int32, device=dev)
+        elif isinstance(kind, tuple) and kind[0] == "gidx":
+            x = (t.arange(shape[0], dtype=t.int32, device=dev) // kind[1]).to(t.int32)
+        elif kind == "scale":  # w = scale * (q - 2^(b-1)): std(q) ~ 4.6 for 4 bits, so ~0.004 gives std ~0.02
+            x = (t.rand(shape, device=dev, generator=self.gen) * 0.004 + 0.002).to(t.float16)
+        elif kind == "ones":
+            x = t.ones(shape, dtype=t.float16, device=dev)
+        else:
+            x = (t.randn(shape, device=dev, generator=self.gen) * STD).to(t.float16)
+        host = (x.view(t.int16) if x.dtype == t.float16 else x).cpu()
+        return host.numpy()
 
 
 def config_json(s):
@@ -166,8 +224,8 @@ def write_checkpoint(shape, out, seed=0, device=None):
             except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
                 err.append(e)
 
-        for name, shp, kind in tensors:
-            buf = drawer.draw(shp, kind)
+        for t in tensors:
+            buf = drawer.draw(t[1], t[2], dtype_of(t))
             if pending:
                 pending.join()
             if err:
@@ -181,8 +239,14 @@ def write_checkpoint(shape, out, seed=0, device=None):
     if os.path.getsize(tmp) != len(header) + data_bytes:
         raise SystemExit(f"make_checkpoint: {tmp}: wrote {os.path.getsize(tmp)} bytes, expected {len(header) + data_bytes}")
     os.replace(tmp, os.path.join(out, "model.safetensors"))
+    cfg = config_json(s)
+    if s.get("bits"):
+        cfg["torch_dtype"] = "float16"
+        with open(os.path.join(out, "quantize_config.json"), "w") as f:
+            json.dump({"bits": s["bits"], "group_size": s["G"], "desc_act": False, "sym": True,
+                       "damp_percent": 0.01, "static_groups": False, "true_sequential": True}, f, indent=2)
     with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(config_json(s), f, indent=2)
+        json.dump(cfg, f, indent=2)
     with open(os.path.join(out, "generation_config.json"), "w") as f:
         json.dump(GENERATION_CONFIG, f, indent=2)
     secs = time.perf_counter() - t0

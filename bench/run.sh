@@ -118,6 +118,21 @@ for shape in $SHAPES; do
   fi
 done
 
+# ---- 2b. GPTQ checkpoints of the same shapes (no HF or yardstick column: they run bf16 only),
+# then the peak memory of the quantization issue's targets.
+QSHAPES=${BENCH_QUANT_SHAPES:-"7b-int4 7b-int8 1.8b-int4 1.8b-int8"}
+for shape in $QSHAPES; do
+  if run_step "checkpoint-$shape" checkpoint "$shape" 120 "$PY" bench/make_checkpoint.py --shape "$shape" --out "$BENCH_CKPT/$shape" --skip-if-present && [ -n "$NODE" ]; then
+    run_step "qwen-native-$shape" qwen-native "$shape" 120 "$NODE" bench/qwen_native.mjs --model "$BENCH_CKPT/$shape" --label "$shape" --device "$DEVICE" --ctx 128 --steps "$STEPS" --prefill 2048
+  fi
+done
+if [ -n "$NODE" ] && [ "$DEVICE" = cuda ] && [ "${BENCH_MEMORY:-1}" = 1 ]; then
+  for m in "7b-int4 float 1 2047" "7b-int4 int8 1 2047" "7b int8 8191 1"; do
+    set -- $m
+    [ -d "$BENCH_CKPT/$1" ] && run_step "memory-$1-$2" qwen-native "$1" 90 "$NODE" bench/memory.mjs --model "$BENCH_CKPT/$1" --label "$1" --kv "$2" --prompt "$3" --new "$4"
+  done
+fi
+
 # ---- 3. the torch yardstick (CUDA graph decode), if carried: one run per context, both shapes
 if [ -f "$YARDSTICK" ]; then
   prefill_flag=() # its prefill does not depend on the context: taken from the first run only

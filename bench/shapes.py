@@ -12,6 +12,10 @@ SHAPES = {
     # Not a Qwen release: a few-MB shape for checking the harness itself on a CPU.
     "tiny": dict(H=128, L=2, n=2, F=256, V=1000, S=8192),
 }
+# GPTQ releases of the same shapes (Qwen's Int4/Int8 format: group 128, sym, desc_act false).
+for _base in ("1.8b", "7b", "tiny"):
+    for _bits in (4, 8):
+        SHAPES[f"{_base}-int{_bits}"] = dict(SHAPES[_base], bits=_bits, G=128 if _base != "tiny" else 64)
 
 BF16_BYTES = 2
 
@@ -26,9 +30,20 @@ def weight_params(H, L, F, V, **_):
     return V * H + L * (3 * H * H + 3 * H + H * H + 3 * H * F + 2 * H) + H
 
 
+def gptq_linear_bytes(K, N, bits, G):
+    """A GPTQ linear as a decode step reads it: packed weights, fp16 scales, packed zeros, fp16 bias."""
+    return K * N * bits // 8 + (K // G) * N * 2 + (K // G) * N * bits // 8 + N * 2
+
+
 def weight_bytes(shape):
-    # All bf16 (our CUDA backend keeps norms and biases in fp32: +<0.01% bytes, ignored).
-    return BF16_BYTES * weight_params(**SHAPES[shape])
+    s = SHAPES[shape]
+    if "bits" not in s:
+        # All bf16 (our CUDA backend keeps norms and biases in fp32: +<0.01% bytes, ignored).
+        return BF16_BYTES * weight_params(**s)
+    H, L, F, V, b, G = s["H"], s["L"], s["F"], s["V"], s["bits"], s["G"]
+    per_layer = (gptq_linear_bytes(H, 3 * H, b, G) + gptq_linear_bytes(H, H, b, G)
+                 + 2 * gptq_linear_bytes(H, F, b, G) + gptq_linear_bytes(F, H, b, G) + 2 * H * 2)
+    return V * H * 2 + L * per_layer + H * 2  # lm_head and norms stay fp16
 
 
 def kv_bytes(shape, ctx):
