@@ -28,7 +28,11 @@ class KvCache {
 enum class KvCacheType { Float, Int8 };
 
 struct MemoryReport {
-  size_t weights = 0;    // bytes of weights held by the backend (0 for mapped files on the CPU)
+  // Bytes of weights held by the backend in its memory (0 for mapped files on the CPU). On CUDA
+  // this is device memory only: the embedding table wte, read one row per token, stays in host
+  // memory by default (see host_weights; QWEN_WTE_ON_DEVICE=1 puts it back on the device).
+  size_t weights = 0;
+  size_t host_weights = 0;  // CUDA: bytes of weights the GPU reads from (pinned) host memory
   size_t kv_cache = 0;   // bytes of live KV caches
   size_t workspace = 0;  // scratch buffers
 };
@@ -44,6 +48,13 @@ class Backend {
   // advances cache.length by n); writes logits of the last
   // position ([V] floats) or of every position ([n, V]) into host memory `logits`.
   virtual void forward(KvCache& cache, const int32_t* ids, int n, float* logits, bool all_logits) = 0;
+  // Greedy decoding without the logits copy: as forward, but writes only the argmax of the last
+  // position's logits (the lowest index among ties, as std::max_element) into *token_out.
+  // Returns false, having done nothing, when the backend does not implement it.
+  virtual bool forward_argmax(KvCache& cache, const int32_t* ids, int n, int32_t* token_out) {
+    (void)cache, (void)ids, (void)n, (void)token_out;
+    return false;
+  }
   virtual MemoryReport memory() const = 0;
 };
 

@@ -28,11 +28,29 @@ FinishReason generate(Model& model, KvCache& cache, const std::vector<int32_t>& 
   std::vector<float> logits(static_cast<size_t>(V));
   Rng rng(opt.sampling.seed);
   std::vector<int32_t> generated;
+  // Greedy without a repetition penalty is the argmax of the raw logits: let the backend pick it
+  // where it can (CUDA: 4 bytes back instead of V floats); sample_token otherwise.
+  const SamplingOptions& so = opt.sampling;
+  bool on_device = (!so.do_sample || so.temperature <= 0.0f) && so.repetition_penalty == 1.0f;
+  int32_t tok = 0;
+  // Feeds ids; returns whether `tok` already holds the next token (else it is in `logits`).
+  auto feed = [&](const int32_t* ids, int n) {
+    if (on_device) {
+      int32_t next = 0;
+      if (model.forward_argmax(cache, ids, n, &next)) {
+        tok = next;
+        return true;
+      }
+      on_device = false;  // not implemented by this backend
+    }
+    model.forward(cache, ids, n, logits.data(), false);
+    return false;
+  };
   if (abort.load()) return FinishReason::Aborted;
-  model.forward(cache, prompt.data(), int(prompt.size()), logits.data(), false);
+  bool have = feed(prompt.data(), int(prompt.size()));
   for (;;) {
     if (abort.load()) return FinishReason::Aborted;
-    int32_t tok = sample_token(logits.data(), V, opt.sampling, cache.tokens, rng);
+    if (!have) tok = sample_token(logits.data(), V, opt.sampling, cache.tokens, rng);
     generated.push_back(tok);
     for (const auto& s : opt.stop_sequences)
       if (ends_with(generated, s)) {
@@ -43,7 +61,8 @@ FinishReason generate(Model& model, KvCache& cache, const std::vector<int32_t>& 
     if (int(generated.size()) >= opt.max_new_tokens) return FinishReason::Length;
     if (cache.length >= cache.capacity) return FinishReason::ContextLimit;
     if (abort.load()) return FinishReason::Aborted;
-    model.forward(cache, &tok, 1, logits.data(), false);
+    const int32_t fed = tok;
+    have = feed(&fed, 1);
   }
 }
 

@@ -43,7 +43,8 @@ std::unique_ptr<KvCache> Model::new_cache() {
   return backend_->new_cache(context_length_);
 }
 
-void Model::forward(KvCache& cache, const int32_t* ids, int n, float* logits, bool all_logits) {
+template <typename Run>
+bool Model::step(KvCache& cache, const int32_t* ids, int n, Run run) {
   if (n <= 0) throw Error("eval: no token ids given");
   for (int i = 0; i < n; i++)
     if (ids[i] < 0 || ids[i] >= cfg_.vocab_size)
@@ -54,10 +55,23 @@ void Model::forward(KvCache& cache, const int32_t* ids, int n, float* logits, bo
                 std::to_string(n) + " new > contextLength " + std::to_string(cache.capacity));
   std::lock_guard<std::mutex> lock(mu_);
   // qwen2/qwen3 configs set use_dynamic_ntk false: alpha stays 1 and rope uses rope_theta as is.
+  // (Set even when `run` declines: forward sets the same value from the same n.)
   if (cache.length == 0) cache.ntk_alpha = cfg_.use_dynamic_ntk ? rope_ntk_alpha(n, cfg_.seq_length) : 1.0;
-  backend_->forward(cache, ids, n, logits, all_logits);
+  if (!run()) return false;
   cache.length += n;
   cache.tokens.insert(cache.tokens.end(), ids, ids + n);
+  return true;
+}
+
+void Model::forward(KvCache& cache, const int32_t* ids, int n, float* logits, bool all_logits) {
+  step(cache, ids, n, [&] {
+    backend_->forward(cache, ids, n, logits, all_logits);
+    return true;
+  });
+}
+
+bool Model::forward_argmax(KvCache& cache, const int32_t* ids, int n, int32_t* token_out) {
+  return step(cache, ids, n, [&] { return backend_->forward_argmax(cache, ids, n, token_out); });
 }
 
 }  // namespace qwen

@@ -31,8 +31,14 @@ class Model {
 
   // Throws Error for ids outside [0, vocab) or past the context; the cache is unchanged then.
   void forward(KvCache& cache, const int32_t* ids, int n, float* logits, bool all_logits);
+  // Greedy step without the logits copy (Backend::forward_argmax), validated as forward. Returns
+  // false, with the cache unchanged, when the backend does not implement it (then call forward).
+  bool forward_argmax(KvCache& cache, const int32_t* ids, int n, int32_t* token_out);
 
  private:
+  // The one validation + bookkeeping path of forward and forward_argmax: `run` calls the backend
+  // and returns whether it did the step (the cache advances only then).
+  template <typename Run> bool step(KvCache& cache, const int32_t* ids, int n, Run run);
   ModelConfig cfg_;
   std::unique_ptr<Checkpoint> checkpoint_;
   ModelWeights weights_;

@@ -19,7 +19,7 @@ constexpr int kSmemBytes = STAGES * (BM + BN) * LDS * 2;
 template <typename T>
 __global__ void __launch_bounds__(kThreads) gemm_kernel(float* __restrict__ y, const T* __restrict__ A,
                                                         const T* __restrict__ W, const float* __restrict__ b, int M,
-                                                        int N, int K, bool accumulate) {
+                                                        int N, int K, int ldy, bool accumulate) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sA = reinterpret_cast<T*>(smem_raw);  // [STAGES][BM][LDS]
   T* sB = sA + STAGES * BM * LDS;          // [STAGES][BN][LDS]
@@ -104,7 +104,7 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(float* __restrict__ y, c
           const int c = col + e;
           if (c >= N) continue;
           float v = acc[mi][ni][half * 2 + e] + (b ? b[c] : 0.0f);
-          float* dst = y + int64_t(r) * N + c;
+          float* dst = y + int64_t(r) * ldy + c;
           *dst = accumulate ? *dst + v : v;
         }
       }
@@ -115,13 +115,19 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(float* __restrict__ y, c
 
 void gemm(float* y, const void* x, const void* W, const float* b, int T, int N, int K, bool accumulate, DT dt,
           cudaStream_t s) {
+  gemm_ld(y, N, x, W, b, T, N, K, accumulate, dt, s);
+}
+
+void gemm_ld(float* y, int ldy, const void* x, const void* W, const float* b, int T, int N, int K, bool accumulate,
+             DT dt, cudaStream_t s) {
+  if (ldy < N) throw Error("cuda: gemm_ld needs ldy >= N");
   if (K % 8 != 0 || (reinterpret_cast<uintptr_t>(W) & 15) || (reinterpret_cast<uintptr_t>(x) & 15))
     throw Error("cuda: gemm needs K % 8 == 0 and 16-byte aligned operands (K = " + std::to_string(K) + ")");
   dim3 grid(ceil_div(N, BN), ceil_div(T, BM));
   QWEN_DISPATCH_DT(dt, E, {
     CK(cudaFuncSetAttribute(gemm_kernel<E>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
     gemm_kernel<E><<<grid, kThreads, kSmemBytes, s>>>(y, static_cast<const E*>(x), static_cast<const E*>(W), b, T, N,
-                                                     K, accumulate);
+                                                     K, ldy, accumulate);
   });
   CK_LAUNCH("gemm_kernel");
 }

@@ -10,9 +10,23 @@
 // 0x64006400 = half2(1024 + q_a, 1024 + q_b), one hsub2 takes 1024 off), accumulates
 // sum x*q and sum x in fp32 and folds the group's scale and zero once per chunk:
 // s * (sum x q - z * sum x). x is gathered through perm first (gptq_gather) when act-order.
+// Decode v2 (int4, fp16 activations; the default, QWEN_GPTQ_GEMV=v1 selects the kernel above):
+// the repack also interleaves the nibbles of every word (layout 1: nibble positions 7..0 hold
+// rows 7 5 3 1 6 4 2 0), so that (w & 0x000F000F), (w & 0x00F000F0), ((w >> 8) & ...) each give
+// a half2 of two CONSECUTIVE rows through one lop3 with 0x64006400; one hadd2 (low nibbles) or
+// hfma2 (high nibbles, x 1/16) with -(1024 + z) / -(64 + z) gives q - z exactly (|q - z| <= 16).
+// The 8 products of a word are accumulated in half2 (4 hfma2, one rounding each), converted to
+// fp32, summed in fp32 per 32-row chunk and scaled by the group's scale in fp32. A block of 128
+// threads owns 8 columns (gemv: 8 consecutive columns; swiglu: 4 features of w1 and of w2) and
+// splits K over its threads (one 16-byte chunk per column per iteration: 8 loads in flight), so
+// x (read as half2, no conversion) is loaded once for 8 columns; a transposing shuffle reduction
+// and shared memory give the 8 sums. ~2.3 instructions per weight instead of ~5.5.
 // Prefill (T > 1): the layer is dequantized (fp32 math, rounded once to the activation type) in
-// the ORIGINAL row order into a scratch [N, K] matrix, then the tensor-core GEMM runs.
+// the ORIGINAL row order into a scratch [cols, K] matrix, cols columns at a time (cols bounded by
+// the scratch), each slice followed by the tensor-core GEMM into its columns of y.
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <numeric>
 
 #include "ops.cuh"
@@ -22,6 +36,10 @@ namespace qwen::cuda {
 namespace {
 
 constexpr int kWarps = 8;
+
+// Layout 1 (int4 interleaved): nibble position of row e (0..7) of a word: rows 0 2 4 6 at
+// positions 0 1 2 3, rows 1 3 5 7 at positions 4 5 6 7 (positions 7..0 read "75316420").
+__host__ __device__ constexpr int gptq_nibble_pos(int e) { return (e & 1) ? 4 + (e >> 1) : (e >> 1); }
 
 // Dot of column n with x (sorted order) over this lane's chunks; returns the lane's partial.
 template <typename T, int BITS>
@@ -113,6 +131,157 @@ __global__ void __launch_bounds__(kWarps * 32)
   if (lane == 0) g[f] = from_f<T>(a * (bb / (1.0f + expf(-bb))));
 }
 
+// ---- v2: int4, fp16 activations, interleaved nibbles (layout 1) ----
+constexpr int kV2Threads = 128, kV2Cols = 8;
+
+__device__ __forceinline__ uint32_t lop3_and_or(uint32_t a, uint32_t b, uint32_t c) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "r"(b), "r"(c));  // (a & b) | c
+  return d;
+}
+__device__ __forceinline__ __half2 u2h2(uint32_t u) { return *reinterpret_cast<const __half2*>(&u); }
+
+// s * sum over the 32 rows of one chunk of (q - z) * x; xh = the chunk's x as 16 half2.
+__device__ __forceinline__ float v2_chunk(const uint4& w, uint32_t m, const __half2 (&xh)[16]) {
+  const uint32_t z = m >> 16;                              // stored zero + 1, 1..16
+  const __half2 zl = u2h2((0xE400u | z) * 0x00010001u);     // -(1024 + z)
+  const __half2 zh = u2h2((0xD400u + (z << 4)) * 0x00010001u);  // -(64 + z): ulp 1/16 in [64, 128)
+  const __half2 r16 = u2h2(0x2C002C00u);                    // 1/16
+  const uint32_t ww[4] = {w.x, w.y, w.z, w.w};
+  float sum = 0.0f;
+#pragma unroll
+  for (int j = 0; j < 4; j++) {
+    const uint32_t a = ww[j], b = a >> 8;
+    const __half2 d0 = __hadd2(u2h2(lop3_and_or(a, 0x000F000Fu, 0x64006400u)), zl);       // rows 0, 1
+    const __half2 d1 = __hfma2(u2h2(lop3_and_or(a, 0x00F000F0u, 0x64006400u)), r16, zh);  // rows 2, 3
+    const __half2 d2 = __hadd2(u2h2(lop3_and_or(b, 0x000F000Fu, 0x64006400u)), zl);       // rows 4, 5
+    const __half2 d3 = __hfma2(u2h2(lop3_and_or(b, 0x00F000F0u, 0x64006400u)), r16, zh);  // rows 6, 7
+    __half2 p = __hmul2(d0, xh[4 * j]);
+    p = __hfma2(d1, xh[4 * j + 1], p);
+    p = __hfma2(d2, xh[4 * j + 2], p);
+    p = __hfma2(d3, xh[4 * j + 3], p);
+    const float2 f = __half22float2(p);
+    sum += f.x + f.y;
+  }
+  const __half_raw hr{static_cast<unsigned short>(m & 0xFFFFu)};
+  return __half2float(__half(hr)) * sum;
+}
+
+__device__ __forceinline__ void v2_load_x(__half2 (&xh)[16], const __half* __restrict__ x, int c) {
+  const uint4* p = reinterpret_cast<const uint4*>(x + int64_t(c) * 32);
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const uint4 u = __ldg(p + i);
+    xh[4 * i] = u2h2(u.x);
+    xh[4 * i + 1] = u2h2(u.y);
+    xh[4 * i + 2] = u2h2(u.z);
+    xh[4 * i + 3] = u2h2(u.w);
+  }
+}
+
+// The 8 column sums of this block: columns A0..A0+3 of La (x = xa) and B0..B0+3 of Lb (x = xb),
+// in red_out[0..7] (shared) after the call.
+__device__ __forceinline__ void v2_block_dot(float* red_out, const __half* __restrict__ xa,
+                                             const __half* __restrict__ xb, const GptqDev& La, const GptqDev& Lb,
+                                             int A0, int B0) {
+  __shared__ float red[kV2Threads / 32][kV2Cols];
+  const int nch = La.K / 32;
+  const uint4* qa = reinterpret_cast<const uint4*>(La.qw) + int64_t(A0) * nch;
+  const uint4* qb = reinterpret_cast<const uint4*>(Lb.qw) + int64_t(B0) * nch;
+  const uint32_t* ma = La.meta + int64_t(A0) * La.ngroups;
+  const uint32_t* mb = Lb.meta + int64_t(B0) * Lb.ngroups;
+  float acc[kV2Cols];
+#pragma unroll
+  for (int j = 0; j < kV2Cols; j++) acc[j] = 0.0f;
+  for (int c = threadIdx.x; c < nch; c += kV2Threads) {
+    uint4 w[kV2Cols];
+    uint32_t m[kV2Cols];
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      w[j] = ld_stream(qa + int64_t(j) * nch + c);
+      w[4 + j] = ld_stream(qb + int64_t(j) * nch + c);
+    }
+    const int ga = __ldg(La.cg + c), gb = __ldg(Lb.cg + c);
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      m[j] = __ldg(ma + int64_t(j) * La.ngroups + ga);
+      m[4 + j] = __ldg(mb + int64_t(j) * Lb.ngroups + gb);
+    }
+    __half2 xh[16];
+    v2_load_x(xh, xa, c);
+#pragma unroll
+    for (int j = 0; j < 4; j++) acc[j] += v2_chunk(w[j], m[j], xh);
+    if (xb != xa) v2_load_x(xh, xb, c);
+#pragma unroll
+    for (int j = 0; j < 4; j++) acc[4 + j] += v2_chunk(w[4 + j], m[4 + j], xh);
+  }
+  // Transposing warp reduction: 8 -> 4 -> 2 -> 1 values per lane (each step sends half of them
+  // to the partner lane), then two plain steps; lane l ends with column
+  // 4 * bit4(l) + 2 * bit3(l) + bit2(l), summed over all 32 lanes.
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  float v4[4], v2[2];
+  {
+    const bool hi = lane & 16;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      const float send = hi ? acc[i] : acc[i + 4], keep = hi ? acc[i + 4] : acc[i];
+      v4[i] = keep + __shfl_xor_sync(0xffffffffu, send, 16);
+    }
+  }
+  {
+    const bool hi = lane & 8;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+      const float send = hi ? v4[i] : v4[i + 2], keep = hi ? v4[i + 2] : v4[i];
+      v2[i] = keep + __shfl_xor_sync(0xffffffffu, send, 8);
+    }
+  }
+  float v1;
+  {
+    const bool hi = lane & 4;
+    const float send = hi ? v2[0] : v2[1], keep = hi ? v2[1] : v2[0];
+    v1 = keep + __shfl_xor_sync(0xffffffffu, send, 4);
+  }
+  v1 += __shfl_xor_sync(0xffffffffu, v1, 2);
+  v1 += __shfl_xor_sync(0xffffffffu, v1, 1);
+  if ((lane & 3) == 0) red[warp][((lane >> 4) & 1) * 4 + ((lane >> 3) & 1) * 2 + ((lane >> 2) & 1)] = v1;
+  __syncthreads();
+  if (threadIdx.x < kV2Cols) {
+    float t = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kV2Threads / 32; w++) t += red[w][threadIdx.x];
+    red_out[threadIdx.x] = t;
+  }
+  __syncthreads();
+}
+
+__global__ void __launch_bounds__(kV2Threads)
+    gptq4_gemv_v2_kernel(float* __restrict__ y, const __half* __restrict__ x, GptqDev L, const float* __restrict__ b,
+                         bool accumulate) {
+  __shared__ float tot[kV2Cols];
+  const int n0 = blockIdx.x * kV2Cols;  // N % 8 == 0 for int4 (checked by gptq_prepare)
+  v2_block_dot(tot, x, x, L, L, n0, n0 + 4);
+  if (threadIdx.x < kV2Cols) {
+    const int n = n0 + threadIdx.x;
+    const float r = tot[threadIdx.x] + (b ? b[n] : 0.0f);
+    y[n] = accumulate ? y[n] + r : r;
+  }
+}
+
+__global__ void __launch_bounds__(kV2Threads)
+    gptq4_swiglu_v2_kernel(__half* __restrict__ g, const __half* __restrict__ x1, const __half* __restrict__ x2,
+                           GptqDev L1, GptqDev L2, const float* __restrict__ b12) {
+  __shared__ float tot[kV2Cols];
+  const int f0 = blockIdx.x * 4, F = L1.N;  // F % 8 == 0
+  v2_block_dot(tot, x1, x2, L1, L2, f0, f0);
+  if (threadIdx.x < 4) {
+    const int f = f0 + threadIdx.x;
+    const float a = tot[threadIdx.x] + (b12 ? b12[f] : 0.0f);
+    const float bb = tot[4 + threadIdx.x] + (b12 ? b12[F + f] : 0.0f);
+    g[f] = __float2half_rn(a * (bb / (1.0f + expf(-bb))));
+  }
+}
+
 // xp [T, K] = x[:, perm] (16-bit elements).
 __global__ void gptq_gather_kernel(uint16_t* __restrict__ xp, const uint16_t* __restrict__ x,
                                    const int32_t* __restrict__ perm, int K) {
@@ -121,25 +290,29 @@ __global__ void gptq_gather_kernel(uint16_t* __restrict__ xp, const uint16_t* __
     xp[int64_t(t) * K + i] = x[int64_t(t) * K + perm[i]];
 }
 
-// W [N, K] (original row order) = dequantized weights; one thread per (column, chunk).
+// W [cols, K] (original row order) = dequantized columns n0..n0+cols-1; one thread per (column, chunk).
 template <typename T, int BITS>
-__global__ void gptq_dequant_kernel(T* __restrict__ W, GptqDev L) {
+__global__ void gptq_dequant_kernel(T* __restrict__ W, GptqDev L, int n0, int cols) {
   constexpr int CH = 128 / BITS, PW = 32 / BITS;
   const int nch = L.K / CH;
   const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= int64_t(L.N) * nch) return;
-  const int n = int(idx / nch), c = int(idx % nch);
-  const uint4 w = reinterpret_cast<const uint4*>(L.qw)[idx];
+  if (idx >= int64_t(cols) * nch) return;
+  const int nl = int(idx / nch), c = int(idx % nch), n = n0 + nl;
+  const uint4 w = reinterpret_cast<const uint4*>(L.qw)[int64_t(n) * nch + c];
   const uint32_t m = L.meta[int64_t(n) * L.ngroups + L.cg[c]];
   const __half_raw hr{static_cast<unsigned short>(m & 0xFFFFu)};
   const float s = __half2float(__half(hr)), z = float(m >> 16);
   const uint32_t ww[4] = {w.x, w.y, w.z, w.w};
+  const bool inter = BITS == 4 && L.layout == 1;
   float v[CH];
 #pragma unroll
   for (int j = 0; j < 4; j++)
 #pragma unroll
-    for (int e = 0; e < PW; e++) v[j * PW + e] = s * (float((ww[j] >> (BITS * e)) & ((1u << BITS) - 1u)) - z);
-  T* row = W + int64_t(n) * L.K;
+    for (int e = 0; e < PW; e++) {
+      const int pos = inter ? gptq_nibble_pos(e) : e;
+      v[j * PW + e] = s * (float((ww[j] >> (BITS * pos)) & ((1u << BITS) - 1u)) - z);
+    }
+  T* row = W + int64_t(nl) * L.K;
   if (!L.perm) {
 #pragma unroll
     for (int i = 0; i < CH; i += 8) {
@@ -156,7 +329,7 @@ __global__ void gptq_dequant_kernel(T* __restrict__ W, GptqDev L) {
 
 // qw [N][K/PW] words: word (n, i/PW) holds sorted rows i (original row perm[i]) of column n.
 __global__ void gptq_repack_kernel(uint32_t* __restrict__ qw, const uint32_t* __restrict__ raw,
-                                   const int32_t* __restrict__ perm, int K, int N, int bits) {
+                                   const int32_t* __restrict__ perm, int K, int N, int bits, int layout) {
   const int PW = 32 / bits, words = K / PW;
   const uint32_t mask = (1u << bits) - 1u;
   const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -167,7 +340,7 @@ __global__ void gptq_repack_kernel(uint32_t* __restrict__ qw, const uint32_t* __
   for (int e = 0; e < PW; e++) {
     const int i = wi * PW + e, k = perm ? perm[i] : i;
     const uint32_t q = (raw[int64_t(k / PW) * N + n] >> (bits * (k % PW))) & mask;
-    out |= q << (bits * e);
+    out |= q << (bits * (layout == 1 ? gptq_nibble_pos(e) : e));
   }
   qw[int64_t(n) * words + wi] = out;
 }
@@ -228,10 +401,18 @@ GptqHost gptq_prepare(const Linear& l, const std::string& name) {
   return h;
 }
 
-void gptq_repack(uint32_t* qw, const void* raw_qweight, const int32_t* perm, int K, int N, int bits, cudaStream_t s) {
+int gptq_layout_for(int bits, DT dt) {
+  const char* env = std::getenv("QWEN_GPTQ_GEMV");
+  if (env && std::strcmp(env, "v1") == 0) return 0;
+  return bits == 4 && dt == DT::F16 ? 1 : 0;
+}
+
+void gptq_repack(uint32_t* qw, const void* raw_qweight, const int32_t* perm, int K, int N, int bits, int layout,
+                 cudaStream_t s) {
+  if (layout != 0 && !(layout == 1 && bits == 4)) throw Error("cuda: gptq_repack: layout 1 is for int4 only");
   const int64_t total = int64_t(N) * (K / (32 / bits));
   gptq_repack_kernel<<<unsigned((total + 255) / 256), 256, 0, s>>>(
-      qw, static_cast<const uint32_t*>(raw_qweight), perm, K, N, bits);
+      qw, static_cast<const uint32_t*>(raw_qweight), perm, K, N, bits, layout);
   CK_LAUNCH("gptq_repack_kernel");
 }
 
@@ -242,6 +423,14 @@ void gptq_gather(void* xp, const void* x, const int32_t* perm, int T, int K, cud
 }
 
 void gptq_gemv(float* y, const void* x, const GptqDev& L, const float* b, bool accumulate, DT dt, cudaStream_t s) {
+  if (L.layout == 1) {
+    if (dt != DT::F16 || L.bits != 4 || L.N % kV2Cols != 0 || L.K % 32 != 0 ||
+        (reinterpret_cast<uintptr_t>(x) & 15))
+      throw Error("cuda: gptq_gemv v2 needs int4, fp16, N % 8 == 0, K % 32 == 0 and a 16-byte aligned x");
+    gptq4_gemv_v2_kernel<<<L.N / kV2Cols, kV2Threads, 0, s>>>(y, static_cast<const __half*>(x), L, b, accumulate);
+    CK_LAUNCH("gptq4_gemv_v2_kernel");
+    return;
+  }
   const int blocks = ceil_div(L.N, kWarps);
   QWEN_DISPATCH_DT(dt, E, {
     if (L.bits == 4)
@@ -254,7 +443,17 @@ void gptq_gemv(float* y, const void* x, const GptqDev& L, const float* b, bool a
 
 void gptq_gemv_swiglu(void* g, const void* x1, const void* x2, const GptqDev& L1, const GptqDev& L2, const float* b12,
                       DT dt, cudaStream_t s) {
-  if (L1.bits != L2.bits || L1.N != L2.N || L1.K != L2.K) throw Error("cuda: gptq_gemv_swiglu: w1 and w2 differ in shape");
+  if (L1.bits != L2.bits || L1.N != L2.N || L1.K != L2.K || L1.layout != L2.layout)
+    throw Error("cuda: gptq_gemv_swiglu: w1 and w2 differ in shape or layout");
+  if (L1.layout == 1) {
+    if (dt != DT::F16 || L1.bits != 4 || L1.N % 4 != 0 || L1.K % 32 != 0 ||
+        ((reinterpret_cast<uintptr_t>(x1) | reinterpret_cast<uintptr_t>(x2)) & 15))
+      throw Error("cuda: gptq_gemv_swiglu v2 needs int4, fp16, F % 4 == 0, K % 32 == 0 and 16-byte aligned x");
+    gptq4_swiglu_v2_kernel<<<L1.N / 4, kV2Threads, 0, s>>>(static_cast<__half*>(g), static_cast<const __half*>(x1),
+                                                          static_cast<const __half*>(x2), L1, L2, b12);
+    CK_LAUNCH("gptq4_swiglu_v2_kernel");
+    return;
+  }
   const int blocks = ceil_div(L1.N, kWarps);
   QWEN_DISPATCH_DT(dt, E, {
     if (L1.bits == 4)
@@ -267,20 +466,38 @@ void gptq_gemv_swiglu(void* g, const void* x1, const void* x2, const GptqDev& L1
   CK_LAUNCH("gptq_swiglu_kernel");
 }
 
-void gptq_dequant(void* W, const GptqDev& L, DT dt, cudaStream_t s) {
-  const int64_t total = int64_t(L.N) * (L.K / (128 / L.bits));
+void gptq_dequant(void* W, const GptqDev& L, int n0, int cols, DT dt, cudaStream_t s) {
+  if (n0 < 0 || cols < 1 || n0 + cols > L.N) throw Error("cuda: gptq_dequant: column range out of bounds");
+  const int64_t total = int64_t(cols) * (L.K / (128 / L.bits));
   const unsigned blocks = unsigned((total + 255) / 256);
   QWEN_DISPATCH_DT(dt, E, {
     if (L.bits == 4)
-      gptq_dequant_kernel<E, 4><<<blocks, 256, 0, s>>>(static_cast<E*>(W), L);
+      gptq_dequant_kernel<E, 4><<<blocks, 256, 0, s>>>(static_cast<E*>(W), L, n0, cols);
     else
-      gptq_dequant_kernel<E, 8><<<blocks, 256, 0, s>>>(static_cast<E*>(W), L);
+      gptq_dequant_kernel<E, 8><<<blocks, 256, 0, s>>>(static_cast<E*>(W), L, n0, cols);
   });
   CK_LAUNCH("gptq_dequant_kernel");
 }
 
+int gptq_slice_cols(int N, int K, size_t deq_elems) {
+  if (K <= 0 || deq_elems < size_t(K)) throw Error("cuda: GPTQ dequantization scratch is smaller than one column");
+  size_t cols = std::min(size_t(N), deq_elems / size_t(K));
+  if (cols < size_t(N) && cols >= 128) cols -= cols % 128;  // whole GEMM tiles per slice
+  return int(cols);
+}
+
+void gptq_matmul(float* y, int ldy, const void* x, const GptqDev& L, const float* b, int T, bool accumulate, void* deq,
+                 size_t deq_elems, DT dt, cudaStream_t s) {
+  const int cols = gptq_slice_cols(L.N, L.K, deq_elems);
+  for (int n0 = 0; n0 < L.N; n0 += cols) {
+    const int nc = std::min(cols, L.N - n0);
+    gptq_dequant(deq, L, n0, nc, dt, s);
+    gemm_ld(y + n0, ldy, x, deq, b ? b + n0 : nullptr, T, nc, L.K, accumulate, dt, s);
+  }
+}
+
 void gptq_linear(float* y, const void* x, const GptqDev& L, const float* b, int T, bool accumulate, void* xperm,
-                 void* deq, DT dt, cudaStream_t s) {
+                 void* deq, size_t deq_elems, DT dt, cudaStream_t s) {
   if (T == 1) {
     const void* xs = x;
     if (L.perm) {
@@ -289,8 +506,7 @@ void gptq_linear(float* y, const void* x, const GptqDev& L, const float* b, int 
     }
     gptq_gemv(y, xs, L, b, accumulate, dt, s);
   } else {
-    gptq_dequant(deq, L, dt, s);
-    gemm(y, x, deq, b, T, L.N, L.K, accumulate, dt, s);
+    gptq_matmul(y, L.N, x, L, b, T, accumulate, deq, deq_elems, dt, s);
   }
 }
 

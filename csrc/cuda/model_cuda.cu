@@ -1,13 +1,23 @@
 // The CUDA backend: SPEC 3's forward pass on one GPU with the kernels of this folder.
-// - Weights are uploaded once at load into one device allocation: matrices and wte in the
+// - Weights are uploaded once at load into one device allocation: matrices (and wte, with
+//   QWEN_WTE_ON_DEVICE=1; see below) in the
 //   checkpoint's 16-bit type (BF16 or F16, kept as stored; F32 checkpoints are converted to
 //   BF16 at load, and a tensor whose type differs from wte's is converted to that type), norm
 //   weights and biases as fp32. w1 and w2 are stacked into one [2F, H] matrix (one GEMM at
 //   prefill, one fused GEMV + SwiGLU at decode).
 // - GPTQ checkpoints (SPEC 4): each quantized linear is repacked at load (gptq.cu: rows sorted
 //   by group for act-order, columns of packed rows, fp16 scale + zero per group); decode runs the
-//   fused dequant GEMV (w1/w2 + SwiGLU in one kernel), prefill dequantizes the layer into a
-//   workspace matrix and runs the tensor-core GEMM. Biases fp32; wte, lm_head, norms as stored.
+//   fused dequant GEMV (w1/w2 + SwiGLU in one kernel; int4 + fp16 uses the v2 kernel unless
+//   QWEN_GPTQ_GEMV=v1), prefill dequantizes the layer slice by slice into a bounded workspace
+//   matrix (kDeqBytes) and runs the tensor-core GEMM per slice. Biases fp32; wte, lm_head, norms
+//   as stored.
+// - wte (the [V, H] embedding, 1.24 GB at 7B) is not in device memory by default: it stays in
+//   host memory, page-locked and mapped (the checkpoint's own pages registered read-only, or, if
+//   the driver refuses that or the type must be converted, a pinned copy), and the embedding
+//   kernel reads one row per token over PCIe (also inside the decode graph). memory().weights
+//   counts device bytes only; memory().host_weights reports wte. QWEN_WTE_ON_DEVICE=1: on device.
+// - Greedy decoding (forward_argmax): the argmax of the last logits runs on the device and only
+//   the token id comes back.
 // - kvCache "int8" (SPEC 5): uint8 K/V with one (scale, zero) per (token, head), quantized in the
 //   rope/append kernel, dequantized inside both attention kernels.
 // - Activations: the residual stream and every matmul output are fp32; matmul inputs (normed h,
@@ -25,7 +35,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <mutex>
+#include <unistd.h>
 #include <vector>
 
 #include "../core/backend.h"
@@ -41,6 +53,14 @@ namespace {
 constexpr int kChunk = 512;         // prefill tokens per pass
 constexpr int kLmRows = 64;         // lm_head rows per pass when every position's logits are wanted
 constexpr int kKeysPerSplit = 256;  // decode attention: keys per split-KV block
+// GPTQ prefill: dequantized-slice scratch, at most. 96 MiB holds the largest 7B layer (c_attn,
+// 12288 x 4096 fp16) whole; wider layers run in slices (each a separate, smaller GEMM).
+constexpr size_t kDeqBytes = size_t(96) << 20;
+
+bool env_is(const char* name, const char* value) {
+  const char* e = std::getenv(name);
+  return e && std::strcmp(e, value) == 0;
+}
 
 std::string gib(size_t bytes) {
   char buf[32];
@@ -175,12 +195,25 @@ class CudaBackend : public Backend {
   MemoryReport memory() const override {
     MemoryReport r;
     r.weights = weight_bytes_;
+    r.host_weights = wte_host_bytes_;
     r.kv_cache = live_kv_->load();
     r.workspace = ws_bytes_;
     return r;
   }
 
   void forward(KvCache& base, const int32_t* ids, int T, float* logits, bool all_logits) override {
+    run(base, ids, T, logits, all_logits, nullptr);
+  }
+
+  bool forward_argmax(KvCache& base, const int32_t* ids, int T, int32_t* token_out) override {
+    if (!device_argmax_) return false;  // QWEN_DEVICE_ARGMAX=0: the caller copies the logits
+    run(base, ids, T, nullptr, false, token_out);
+    return true;
+  }
+
+  // forward / forward_argmax: logits of the last (all_logits: every) position to host `logits`,
+  // or (token != null) only the argmax of the last position's logits to *token.
+  void run(KvCache& base, const int32_t* ids, int T, float* logits, bool all_logits, int32_t* token) {
     std::lock_guard<std::mutex> lock(mu_);
     CK(cudaSetDevice(dev_));
     CudaCache* c = dynamic_cast<CudaCache*>(&base);
@@ -189,7 +222,7 @@ class CudaBackend : public Backend {
     upload_rope_table(*c);
     const int pos0 = c->length;
     if (T == 1) {
-      decode_step(*c, ids[0], pos0, logits);
+      decode_step(*c, ids[0], pos0, logits, token);
       return;
     }
     const int H = cfg_.hidden_size, V = cfg_.vocab_size;
@@ -199,7 +232,7 @@ class CudaBackend : public Backend {
       pinned_[kChunk] = pos0 + start;
       CK(cudaMemcpyAsync(step_, pinned_, (kChunk + 1) * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
       run_layers(*c, rows, pos0 + start);
-      if (all_logits) {
+      if (all_logits && !token) {
         for (int r0 = 0; r0 < rows; r0 += kLmRows) {
           const int nr = std::min(kLmRows, rows - r0);
           cuda::rmsnorm(h_, x_ + size_t(r0) * H, lnf_, nr, H, cfg_.rms_eps, dt_, stream_);
@@ -210,10 +243,22 @@ class CudaBackend : public Backend {
       } else if (start + rows == T) {
         cuda::rmsnorm(h_, x_ + size_t(rows - 1) * H, lnf_, 1, H, cfg_.rms_eps, dt_, stream_);
         cuda::gemv(logits_, h_, lm_head_.w, lm_head_.b, V, H, false, dt_, stream_);
-        CK(cudaMemcpyAsync(logits, logits_, size_t(V) * 4, cudaMemcpyDeviceToHost, stream_));
+        fetch_result(logits, token);
       }
       // The pinned ids are rewritten by the next pass; wait for this one.
       CK(cudaStreamSynchronize(stream_));
+    }
+    if (token) *token = pinned_[kChunk + 1];
+  }
+
+  // After the last logits are in logits_: queue their copy to host `logits`, or the argmax and
+  // its 4-byte copy to pinned_[kChunk + 1] (read after the stream syncs).
+  void fetch_result(float* logits, int32_t* token) {
+    if (token) {
+      cuda::argmax(step_ + kChunk + 1, logits_, cfg_.vocab_size, stream_);
+      CK(cudaMemcpyAsync(pinned_ + kChunk + 1, step_ + kChunk + 1, sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+    } else {
+      CK(cudaMemcpyAsync(logits, logits_, size_t(cfg_.vocab_size) * 4, cudaMemcpyDeviceToHost, stream_));
     }
   }
 
@@ -246,7 +291,7 @@ class CudaBackend : public Backend {
   // A GPTQ layer's places; qweight is copied to a staging buffer and repacked on the device.
   struct QOff {
     size_t qw, meta, cg, perm;
-    int K, N, bits, ngroups;
+    int K, N, bits, ngroups, layout;
     const Tensor* qweight;
   };
 
@@ -286,6 +331,7 @@ class CudaBackend : public Backend {
       q.N = lin.out;
       q.bits = lin.bits;
       q.ngroups = h.ngroups;
+      q.layout = cuda::gptq_layout_for(lin.bits, dt_);
       q.qweight = &lin.qweight;
       q.qw = off;
       off = align256(off + size_t(lin.in) * lin.out * lin.bits / 8);
@@ -310,7 +356,9 @@ class CudaBackend : public Backend {
       size_t ln1, ln2, b12;
       LinOff ca, ap, w12, w1, w2, mp;
     };
-    const size_t wte_at = place(&w.wte, int64_t(V) * H, false);
+    // wte: in the device allocation only with QWEN_WTE_ON_DEVICE=1 (else host memory, mapped).
+    wte_on_device_ = env_is("QWEN_WTE_ON_DEVICE", "1");
+    const size_t wte_at = wte_on_device_ ? place(&w.wte, int64_t(V) * H, false) : none;
     std::vector<Offsets> lo(static_cast<size_t>(L));
     for (int l = 0; l < L; l++) {
       const LayerWeights& lw = w.layers[size_t(l)];
@@ -335,6 +383,9 @@ class CudaBackend : public Backend {
     const size_t lm_at = place(&w.lm_head.weight, int64_t(V) * H, false);
     const size_t lmb_at = w.lm_head.bias.empty() ? none : place(&w.lm_head.bias, V, true);
     weight_bytes_ = off;
+    if (w.wte.numel() != int64_t(V) * H)
+      throw Error("cuda: tensor " + w.wte.name + " has " + std::to_string(w.wte.numel()) + " elements, expected " +
+                  std::to_string(int64_t(V) * H));
     for (const Upload& u : ups)
       if (u.src && !u.raw && u.src->numel() != u.count)
         throw Error("cuda: tensor " + u.src->name + " has " + std::to_string(u.src->numel()) + " elements, expected " +
@@ -347,21 +398,28 @@ class CudaBackend : public Backend {
       ws = align256(ws + bytes);
       return at;
     };
+    // qkv_ (c_attn output, dead once roped into q_ and the cache), ab_ (prefill w1|w2 output) and
+    // logits_ (written after the last layer) are never live at the same time: one region.
+    // QWEN_CUDA_WS_SHARE=0 gives each its own region (the old layout).
+    const bool share = !env_is("QWEN_CUDA_WS_SHARE", "0");
+    const size_t qkv_b = size_t(kChunk) * 3 * H * 4, ab_b = size_t(kChunk) * 2 * F * 4, lg_b = size_t(kLmRows) * V * 4;
     const size_t x_at = wplace(size_t(kChunk) * H * 4), h_at = wplace(size_t(kChunk) * H * 2),
-                 qkv_at = wplace(size_t(kChunk) * 3 * H * 4), q_at = wplace(size_t(kChunk) * H * 2),
-                 att_at = wplace(size_t(kChunk) * H * 2), ab_at = wplace(size_t(kChunk) * 2 * F * 4),
-                 g_at = wplace(size_t(kChunk) * F * 2), lg_at = wplace(size_t(kLmRows) * V * 4),
-                 st_at = wplace(size_t(kChunk + 1) * 4);
-    // GPTQ scratch: gathered activations (decode, act-order: two vectors of K for w1/w2) and the
-    // dequantized layer for the prefill GEMM (largest N*K; w1 and w2 stacked).
+                 sh_at = wplace(share ? std::max({qkv_b, ab_b, lg_b}) : qkv_b),
+                 ab_at = share ? sh_at : wplace(ab_b), lg_at = share ? sh_at : wplace(lg_b),
+                 q_at = wplace(size_t(kChunk) * H * 2),
+                 att_at = wplace(size_t(kChunk) * H * 2), g_at = wplace(size_t(kChunk) * F * 2),
+                 st_at = wplace(size_t(kChunk + 2) * 4);
+    // GPTQ scratch: gathered activations (decode, act-order: two vectors of K for w1/w2) and one
+    // dequantized slice of a layer for the prefill GEMM: the whole largest layer when it fits in
+    // kDeqBytes, else slices of whole 128-column tiles (cuda::gptq_matmul).
     size_t max_k = 0, max_nk = 0;
     for (const QOff& q : qoffs) {
       max_k = std::max(max_k, size_t(q.K));
       max_nk = std::max(max_nk, size_t(q.N) * q.K);
     }
-    for (const auto& lw : w.layers)
-      if (lw.w1.quantized()) max_nk = std::max(max_nk, 2 * size_t(F) * H);
-    const size_t xp_at = qoffs.empty() ? 0 : wplace(2 * max_k * 2), dq_at = qoffs.empty() ? 0 : wplace(max_nk * 2);
+    deq_elems_ = std::min(max_nk, std::max(kDeqBytes / 2, max_k));
+    const size_t xp_at = qoffs.empty() ? 0 : wplace(2 * max_k * 2),
+                 dq_at = qoffs.empty() ? 0 : wplace(deq_elems_ * 2);
     ws_bytes_ = ws;
 
     size_t free_b = 0, total_b = 0;
@@ -371,7 +429,7 @@ class CudaBackend : public Backend {
                   gpu_name_);
     CK(cudaMalloc(&wmem_, weight_bytes_));
     CK(cudaMalloc(&ws_, ws_bytes_));
-    CK(cudaMallocHost(reinterpret_cast<void**>(&pinned_), (kChunk + 1) * sizeof(int32_t)));
+    CK(cudaMallocHost(reinterpret_cast<void**>(&pinned_), (kChunk + 2) * sizeof(int32_t)));
     CK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
 
     // Bind the device pointers.
@@ -393,12 +451,13 @@ class CudaBackend : public Backend {
         d.q.N = q.N;
         d.q.bits = q.bits;
         d.q.ngroups = q.ngroups;
+        d.q.layout = q.layout;
       } else {
         d.w = wb + o.w;
       }
       return d;
     };
-    wte_ = wb + wte_at;
+    if (wte_on_device_) wte_ = wb + wte_at;
     layers_.resize(static_cast<size_t>(L));
     for (int l = 0; l < L; l++) {
       const Offsets& o = lo[size_t(l)];
@@ -431,7 +490,7 @@ class CudaBackend : public Backend {
     char* wsb = static_cast<char*>(ws_);
     x_ = reinterpret_cast<float*>(wsb + x_at);
     h_ = wsb + h_at;
-    qkv_ = reinterpret_cast<float*>(wsb + qkv_at);
+    qkv_ = reinterpret_cast<float*>(wsb + sh_at);
     q_ = wsb + q_at;
     att_ = wsb + att_at;
     ab_ = reinterpret_cast<float*>(wsb + ab_at);
@@ -443,6 +502,7 @@ class CudaBackend : public Backend {
     size_t total = 0, done = 0;
     for (const Upload& u : ups) total += u.raw ? size_t(u.count) : u.src ? u.src->nbytes() : 0;
     for (const QOff& q : qoffs) total += q.qweight->nbytes();
+    if (!wte_on_device_) total += w.wte.nbytes();
     const int64_t kStage = int64_t(1) << 23;  // elements per conversion/copy chunk
     std::vector<float> f32;
     std::vector<uint16_t> h16;
@@ -492,7 +552,7 @@ class CudaBackend : public Backend {
         for (const QOff& q : qoffs) {
           CK(cudaMemcpy(stage, q.qweight->data, q.qweight->nbytes(), cudaMemcpyHostToDevice));
           const int32_t* perm = q.perm == none ? nullptr : reinterpret_cast<const int32_t*>(wb + q.perm);
-          cuda::gptq_repack(reinterpret_cast<uint32_t*>(wb + q.qw), stage, perm, q.K, q.N, q.bits, nullptr);
+          cuda::gptq_repack(reinterpret_cast<uint32_t*>(wb + q.qw), stage, perm, q.K, q.N, q.bits, q.layout, nullptr);
           CK(cudaDeviceSynchronize());
           done += q.qweight->nbytes();
           if (progress) progress(total ? double(done) / double(total) : 1.0);
@@ -503,10 +563,65 @@ class CudaBackend : public Backend {
       }
       cudaFree(stage);
     }
+    if (!wte_on_device_) {
+      map_wte(w.wte);
+      done += w.wte.nbytes();
+      if (progress) progress(total ? double(done) / double(total) : 1.0);
+    }
     CK(cudaDeviceSynchronize());  // the last copies may still be in flight (pageable source)
     if (progress) progress(1.0);
     const char* env = std::getenv("QWEN_CUDA_GRAPH");
     use_graph_ = !(env && std::strcmp(env, "0") == 0);
+    device_argmax_ = !env_is("QWEN_DEVICE_ARGMAX", "0");
+  }
+
+  // wte [V, H] in host memory, mapped into the device's address space: the checkpoint's own pages
+  // registered (page-locked, read-only) when the stored type is the model's 16-bit type, else,
+  // or when the driver refuses (file-backed pages may not be pinnable; a range already
+  // registered by another model), a pinned mapped copy (converted). QWEN_WTE_PINNED_COPY=1
+  // forces the copy.
+  void map_wte(const Tensor& t) {
+    const size_t n = size_t(cfg_.vocab_size) * size_t(cfg_.hidden_size), bytes = n * 2;
+    const bool same = (t.dtype == DType::BF16 && dt_ == DT::BF16) || (t.dtype == DType::F16 && dt_ == DT::F16);
+    if (same && !env_is("QWEN_WTE_PINNED_COPY", "1")) {
+      int ro = 0;
+      if (cudaDeviceGetAttribute(&ro, cudaDevAttrHostRegisterReadOnlySupported, dev_) != cudaSuccess) ro = 0;
+      const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE) > 0 ? sysconf(_SC_PAGESIZE) : 4096);
+      const uintptr_t a = reinterpret_cast<uintptr_t>(t.data), base = a & ~(page - 1),
+                      end = (a + bytes + page - 1) & ~(page - 1);
+      void* bp = reinterpret_cast<void*>(base);
+      const unsigned flags = cudaHostRegisterMapped | (ro ? cudaHostRegisterReadOnly : 0u);
+      if (cudaHostRegister(bp, size_t(end - base), flags) == cudaSuccess) {
+        void* dp = nullptr;
+        if (cudaHostGetDevicePointer(&dp, bp, 0) == cudaSuccess) {
+          wte_registered_ = bp;
+          wte_ = static_cast<const char*>(dp) + (a - base);
+          wte_host_bytes_ = bytes;
+          return;
+        }
+        cudaHostUnregister(bp);
+      }
+      cudaGetLastError();  // a refusal is an answer here: fall back to the pinned copy
+    }
+    CK(cudaHostAlloc(&wte_pinned_, bytes, cudaHostAllocMapped));
+    uint16_t* dst = static_cast<uint16_t*>(wte_pinned_);
+    if (same) {
+      std::memcpy(dst, t.data, bytes);
+    } else {
+      const size_t kStage = size_t(1) << 22;
+      std::vector<float> f32;
+      for (size_t i0 = 0; i0 < n; i0 += kStage) {
+        const size_t nel = std::min(kStage, n - i0);
+        f32.resize(nel);
+        to_f32(t.dtype, static_cast<const char*>(t.data) + i0 * dtype_size(t.dtype), f32.data(), nel);
+        for (size_t i = 0; i < nel; i++)
+          dst[i0 + i] = dt_ == DT::BF16 ? f32_to_bf16(f32[i]) : cuda::f32_to_f16_host(f32[i]);
+      }
+    }
+    void* dp = nullptr;
+    CK(cudaHostGetDevicePointer(&dp, wte_pinned_, 0));
+    wte_ = dp;
+    wte_host_bytes_ = bytes;
   }
 
   void release() noexcept {
@@ -515,6 +630,9 @@ class CudaBackend : public Backend {
     if (pinned_) cudaFreeHost(pinned_);
     if (ws_) cudaFree(ws_);
     if (wmem_) cudaFree(wmem_);
+    if (wte_registered_) cudaHostUnregister(wte_registered_);
+    if (wte_pinned_) cudaFreeHost(wte_pinned_);
+    wte_registered_ = wte_pinned_ = nullptr;
     stream_ = nullptr;
     pinned_ = nullptr;
     ws_ = wmem_ = nullptr;
@@ -540,7 +658,7 @@ class CudaBackend : public Backend {
     cudaStream_t s = stream_;
     auto lin = [&](float* y, const void* x, const DevLinear& W, const float* b, bool acc) {
       if (W.quant)
-        cuda::gptq_linear(y, x, W.q, b, rows, acc, xperm_, deq_, dt_, s);
+        cuda::gptq_linear(y, x, W.q, b, rows, acc, xperm_, deq_, deq_elems_, dt_, s);
       else
         cuda::linear(y, x, W.w, b, rows, W.out, W.in, acc, dt_, s);
     };
@@ -586,9 +704,9 @@ class CudaBackend : public Backend {
           }
           cuda::gptq_gemv_swiglu(g_, x1, x2, L.w1.q, L.w2.q, L.w12.b, dt_, s);
         } else {
-          cuda::gptq_dequant(deq_, L.w1.q, dt_, s);
-          cuda::gptq_dequant(static_cast<char*>(deq_) + size_t(F) * H * 2, L.w2.q, dt_, s);
-          cuda::linear(ab_, h_, deq_, L.w12.b, rows, 2 * F, H, false, dt_, s);
+          const float* b12 = L.w12.b;
+          cuda::gptq_matmul(ab_, 2 * F, h_, L.w1.q, b12, rows, false, deq_, deq_elems_, dt_, s);
+          cuda::gptq_matmul(ab_ + F, 2 * F, h_, L.w2.q, b12 ? b12 + F : nullptr, rows, false, deq_, deq_elems_, dt_, s);
           cuda::swiglu(g_, ab_, rows, F, dt_, s);
         }
       } else if (rows == 1) {
@@ -607,7 +725,7 @@ class CudaBackend : public Backend {
     cuda::gemv(logits_, h_, lm_head_.w, lm_head_.b, cfg_.vocab_size, cfg_.hidden_size, false, dt_, stream_);
   }
 
-  void decode_step(CudaCache& c, int32_t id, int pos0, float* logits) {
+  void decode_step(CudaCache& c, int32_t id, int pos0, float* logits, int32_t* token) {
     pinned_[0] = id;
     pinned_[kChunk] = pos0;
     CK(cudaMemcpyAsync(step_, pinned_, (kChunk + 1) * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
@@ -635,8 +753,9 @@ class CudaBackend : public Backend {
       }
       CK(cudaGraphLaunch(c.graph, stream_));
     }
-    CK(cudaMemcpyAsync(logits, logits_, size_t(cfg_.vocab_size) * 4, cudaMemcpyDeviceToHost, stream_));
+    fetch_result(logits, token);
     CK(cudaStreamSynchronize(stream_));
+    if (token) *token = pinned_[kChunk + 1];
   }
 
   const ModelConfig cfg_;
@@ -644,6 +763,7 @@ class CudaBackend : public Backend {
   std::string gpu_name_;
   DT dt_ = DT::BF16;
   bool use_graph_ = true;
+  bool device_argmax_ = true;  // forward_argmax implemented (QWEN_DEVICE_ARGMAX=0: declined)
   std::mutex mu_;
   cudaStream_t stream_ = nullptr;
   // Weights: one allocation.
@@ -658,16 +778,23 @@ class CudaBackend : public Backend {
   size_t ws_bytes_ = 0;
   float* x_ = nullptr;       // [kChunk, H] fp32 residual stream
   void* h_ = nullptr;        // [kChunk, H] normed activations (16-bit)
+  // qkv_, ab_ and logits_ share one region (never live at the same time).
   float* qkv_ = nullptr;     // [kChunk, 3H] fp32 c_attn output (bias added in qkv_rope_append)
   void* q_ = nullptr;        // [kChunk, n, d] roped, logn-scaled queries (16-bit)
   void* att_ = nullptr;      // [kChunk, H] attention output (16-bit)
   float* ab_ = nullptr;      // [kChunk, 2F] fp32 w1|w2 outputs (prefill)
   void* g_ = nullptr;        // [kChunk, F] SwiGLU output (16-bit)
   float* logits_ = nullptr;  // [kLmRows, V] fp32
-  int32_t* step_ = nullptr;  // [kChunk] ids, then pos0 (device)
+  int32_t* step_ = nullptr;  // [kChunk] ids, then pos0, then the argmax result (device)
   int32_t* pinned_ = nullptr;  // host mirror of step_ (pinned)
   void* xperm_ = nullptr;      // GPTQ: [2, max K] activations gathered through an act-order perm
-  void* deq_ = nullptr;        // GPTQ: [max N*K] a layer dequantized for the prefill GEMM
+  void* deq_ = nullptr;        // GPTQ: [deq_elems_] a slice of a layer dequantized for the prefill GEMM
+  size_t deq_elems_ = 0;
+  // wte in host memory (default): registered checkpoint pages, or a pinned copy.
+  bool wte_on_device_ = false;
+  void* wte_registered_ = nullptr;  // page-aligned base passed to cudaHostRegister
+  void* wte_pinned_ = nullptr;      // cudaHostAlloc'ed copy
+  size_t wte_host_bytes_ = 0;
   bool int8_kv_ = false;
   void* wsb_base(size_t at) { return static_cast<char*>(ws_) + at; }
   std::shared_ptr<std::atomic<size_t>> live_kv_;

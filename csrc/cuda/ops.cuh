@@ -17,8 +17,13 @@
 namespace qwen::cuda {
 
 // norm.cu ------------------------------------------------------------------------------------
-// x [T, H] fp32 = wte[ids] (wte [V, H] in dt); ids in device memory.
+// x [T, H] fp32 = wte[ids] (wte [V, H] in dt); ids in device memory. wte may be mapped pinned
+// host memory (read over PCIe): rows are then read with 16-byte loads, all issued before use,
+// when wte is 16-byte aligned and H % 8 == 0.
 void embedding(float* x, const void* wte, const int32_t* ids, int T, int H, DT dt, cudaStream_t s);
+// *out = the index of the largest of v [n] (fp32, device), the lowest index among ties (as
+// std::max_element; NaN never wins, unlike max_element's NaN at index 0). One block of 1024.
+void argmax(int32_t* out, const float* v, int n, cudaStream_t s);
 // out [T, H] (dt) = x * rsqrt(mean(x^2) + eps) * w ; x fp32, w fp32.
 void rmsnorm(void* out, const float* x, const float* w, int T, int H, float eps, DT dt, cudaStream_t s);
 
@@ -30,6 +35,9 @@ void linear(float* y, const void* x, const void* W, const float* b, int T, int N
 void gemv(float* y, const void* x, const void* W, const float* b, int N, int K, bool accumulate, DT dt, cudaStream_t s);
 void gemm(float* y, const void* x, const void* W, const float* b, int T, int N, int K, bool accumulate, DT dt,
           cudaStream_t s);
+// As gemm, writing y rows with a stride of ldy >= N floats (a column slice of a wider output).
+void gemm_ld(float* y, int ldy, const void* x, const void* W, const float* b, int T, int N, int K, bool accumulate,
+             DT dt, cudaStream_t s);
 // Decode MLP front half in one pass: g [F] (dt) = (W1 x + b1) * silu(W2 x + b2) with
 // W12 = [W1; W2] ([2F, K]) and b12 = [b1; b2] fp32 or null.
 void gemv_swiglu(void* g, const void* x, const void* W12, const float* b12, int F, int K, DT dt, cudaStream_t s);
@@ -80,7 +88,13 @@ struct GptqDev {
   const int32_t* cg = nullptr;     // [K / CH] group of each chunk of sorted rows
   const int32_t* perm = nullptr;   // [K] or null
   int K = 0, N = 0, bits = 0, ngroups = 0;
+  // Packing inside each 32-bit word of qw: 0 = rows in order (nibble/byte e = row e; the v1
+  // GEMV); 1 = int4 interleaved for the v2 GEMV (nibble positions 7..0 hold rows 7 5 3 1 6 4 2 0).
+  int layout = 0;
 };
+// The layout the backend repacks an int4/int8 layer into for activations of type dt: 1 (v2 GEMV)
+// for int4 + fp16 unless the environment sets QWEN_GPTQ_GEMV=v1; 0 otherwise (int8, bf16).
+int gptq_layout_for(int bits, DT dt);
 // Host side of the repack: permutation (empty = identity), chunk groups, metadata. Throws
 // qwen::Error naming the linear on what the GPU layout cannot hold (bits other than 4/8, K not a
 // multiple of CH, act-order groups that do not fill whole chunks after sorting, bad tensors).
@@ -91,20 +105,29 @@ struct GptqHost {
 };
 GptqHost gptq_prepare(const Linear& l, const std::string& name);
 // qw (see GptqDev) from the checkpoint's qweight [K/P, N] int32 already in device memory.
-void gptq_repack(uint32_t* qw, const void* raw_qweight, const int32_t* perm, int K, int N, int bits, cudaStream_t s);
+void gptq_repack(uint32_t* qw, const void* raw_qweight, const int32_t* perm, int K, int N, int bits, int layout,
+                 cudaStream_t s);
 // xp [T, K] = x[:, perm] (16-bit).
 void gptq_gather(void* xp, const void* x, const int32_t* perm, int T, int K, cudaStream_t s);
-// y [N] fp32 (+)= W x + b for x [K] in SORTED order (dt); b fp32 or null.
+// y [N] fp32 (+)= W x + b for x [K] in SORTED order (dt); b fp32 or null. The kernel follows
+// L.layout: 0 = v1 (any dt, int4/int8), 1 = v2 (int4, fp16 only; half2 products, see gptq.cu).
 void gptq_gemv(float* y, const void* x, const GptqDev& L, const float* b, bool accumulate, DT dt, cudaStream_t s);
 // g [F] (dt) = (W1 x1 + b1) * silu(W2 x2 + b2), x1/x2 = x in the sorted order of W1/W2.
 void gptq_gemv_swiglu(void* g, const void* x1, const void* x2, const GptqDev& L1, const GptqDev& L2, const float* b12,
                       DT dt, cudaStream_t s);
-// W [N, K] (dt) = the dequantized layer in the ORIGINAL row order.
-void gptq_dequant(void* W, const GptqDev& L, DT dt, cudaStream_t s);
+// W [cols, K] (dt) = columns n0..n0+cols-1 of the dequantized layer, rows in the ORIGINAL order.
+void gptq_dequant(void* W, const GptqDev& L, int n0, int cols, DT dt, cudaStream_t s);
+// Columns per dequantize + GEMM slice for a scratch of deq_elems 16-bit elements (whole 128-column
+// GEMM tiles when the layer needs several slices); throws when the scratch is under one column.
+int gptq_slice_cols(int N, int K, size_t deq_elems);
+// Prefill product: y [T, ldy] columns 0..N-1 (+)= x [T, K] W^T + b (x in the original order),
+// dequantizing gptq_slice_cols columns at a time into deq and running the GEMM on each slice.
+void gptq_matmul(float* y, int ldy, const void* x, const GptqDev& L, const float* b, int T, bool accumulate, void* deq,
+                 size_t deq_elems, DT dt, cudaStream_t s);
 // y [T, N] (+)= x [T, K] W^T + b, x in the original order. T == 1: gather (xperm [K] scratch,
-// act-order only) + GEMV; T > 1: dequantize into deq [N, K] scratch + tensor-core GEMM.
+// act-order only) + GEMV; T > 1: gptq_matmul with the deq scratch (deq_elems elements).
 void gptq_linear(float* y, const void* x, const GptqDev& L, const float* b, int T, bool accumulate, void* xperm,
-                 void* deq, DT dt, cudaStream_t s);
+                 void* deq, size_t deq_elems, DT dt, cudaStream_t s);
 
 // int8 KV cache (SPEC 5, ours): uint8 q [n, cap, d] and (scale, zero) [n, cap] per layer;
 // x' = scale * (q - zero), quantized exactly as cpu::kv_quantize_int8.
