@@ -79,7 +79,7 @@ run on and why.
 Reads a message per line from stdin and streams the reply. Commands:
 ${CHAT_COMMANDS}
 
-  --system TEXT             system prompt (default "${DEFAULT_SYSTEM}")
+  --system TEXT             system prompt (default: the checkpoint's; Qwen v1: "${DEFAULT_SYSTEM}")
 ${COMMON_HELP}`,
 };
 
@@ -225,7 +225,8 @@ async function chat(args: string[]): Promise<number> {
   const { values, load, gen } = parse('chat', args);
   if (values.help) return help('chat');
   const model = await loadModel(values.model as string | undefined, load);
-  let system = (values.system as string | undefined) ?? DEFAULT_SYSTEM;
+  // Unset: the model's own default (v1: "You are a helpful assistant."; qwen2/qwen3: the template's).
+  let system = values.system as string | undefined;
   let history: ChatTurn[] = [];
 
   const out = process.stdout;
@@ -271,7 +272,7 @@ async function chat(args: string[]): Promise<number> {
     }
     if (cmd === 'system') {
       if (!rest) {
-        out.write(`[system: ${system}]\n`);
+        out.write(`[system: ${system ?? "(the model's default)"}]\n`);
         continue;
       }
       system = rest;

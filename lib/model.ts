@@ -138,10 +138,16 @@ function readJsonIfExists(file: string): Record<string, unknown> | null {
   }
 }
 
-/** One sequence: a KV cache that `eval` appends to. */
+/**
+ * One sequence: a KV cache that `eval` appends to. The cache (contextLength positions) is
+ * allocated by the sequence's first eval or generation, on the native thread, so an
+ * out-of-memory error surfaces there.
+ */
 export class Sequence {
   #native: NativeSequence | null;
   readonly #model: Model;
+  /** @internal */
+  readonly ref: WeakRef<Sequence> = new WeakRef(this);
 
   /** @internal */
   constructor(model: Model, seq: NativeSequence) {
@@ -209,7 +215,10 @@ export class Model {
   readonly device: string;
   readonly contextLength: number;
   #native: NativeModel | null;
-  readonly #sequences = new Set<Sequence>();
+  // Weak: a sequence the caller drops is garbage-collected (and its native cache freed) even
+  // before the model is disposed; dispose() frees the ones still alive.
+  readonly #sequences = new Set<WeakRef<Sequence>>();
+  readonly #forgetDead = new FinalizationRegistry<WeakRef<Sequence>>((ref) => this.#sequences.delete(ref));
   // qwen2/qwen3: tokenizer_config.json's chat template (null: not ChatML; undefined: none given).
   #chatTemplate: ChatTemplateInfo | null | undefined = undefined;
 
@@ -245,6 +254,9 @@ export class Model {
     const cudaFamily = modelType === 'qwen';
     const useCuda = device === 'cuda' || (device === 'auto' && cudaFamily && addon.cudaCompiled() && addon.cudaDeviceCount() > 0);
     const gen = (readJsonIfExists(path.join(abs, 'generation_config.json')) ?? {}) as GenerationConfig;
+    // qwen2/qwen3: the chat template (read now, so a bad file fails before the weights load).
+    const tc = modelType === 'qwen' ? null : readJsonIfExists(path.join(abs, 'tokenizer_config.json'));
+    const chatTemplate = tc && 'chat_template' in tc ? parseChatTemplate(tc.chat_template) : undefined;
     // The tokenizer parses while the native side loads the weights.
     let tokLoad: Promise<Tokenizer | null> = Promise.resolve(null);
     if (o.tokenizer instanceof Tokenizer) tokLoad = Promise.resolve(o.tokenizer);
@@ -271,10 +283,7 @@ export class Model {
       throw err;
     }
     const model = new Model(abs, nm, gen, tok);
-    if (model.config.modelType !== 'qwen') {
-      const tc = readJsonIfExists(path.join(abs, 'tokenizer_config.json'));
-      model.#chatTemplate = tc && 'chat_template' in tc ? parseChatTemplate(tc.chat_template) : undefined;
-    }
+    model.#chatTemplate = chatTemplate;
     return model;
   }
 
@@ -290,13 +299,15 @@ export class Model {
 
   createSequence(): Sequence {
     const s = new Sequence(this, this.#live('createSequence').createSequence());
-    this.#sequences.add(s);
+    this.#sequences.add(s.ref);
+    this.#forgetDead.register(s, s.ref, s);
     return s;
   }
 
   /** @internal */
   _forget(s: Sequence): void {
-    this.#sequences.delete(s);
+    this.#sequences.delete(s.ref);
+    this.#forgetDead.unregister(s);
   }
 
   #tokenizer(what: string): Tokenizer {
@@ -337,16 +348,25 @@ export class Model {
         throw new TypeError(`option stop[${i}] must be a string or a non-empty array of token ids`);
       }
     }
-    const temperature = o.temperature ?? g.temperature ?? 1.0;
+    // A value from generation_config.json is checked like the caller's, named by its key there.
+    const fromFile = <T>(opt: T | undefined, key: keyof GenerationConfig, fallback: T, name: string, min: number, max: number, int = false): T => {
+      if (opt !== undefined) return opt;
+      const v = g[key] as T | undefined;
+      if (v === undefined || v === null) return fallback;
+      checkNumber(`${name} (generation_config.json ${String(key)})`, v, min, max, int);
+      return v;
+    };
+    const temperature = fromFile(o.temperature, 'temperature', 1.0, 'temperature', 0, 100);
+    if (g.do_sample !== undefined && typeof g.do_sample !== 'boolean') throw new TypeError(`generation_config.json do_sample must be true or false`);
     const doSample = o.doSample ?? (temperature === 0 ? false : g.do_sample ?? false);
     return {
       opts: {
-        maxNewTokens: o.maxNewTokens ?? g.max_new_tokens ?? 512,
+        maxNewTokens: fromFile(o.maxNewTokens, 'max_new_tokens', 512, 'maxNewTokens', 1, 1 << 24, true),
         doSample,
         temperature,
-        topK: o.topK ?? g.top_k ?? 0,
-        topP: o.topP ?? g.top_p ?? 1.0,
-        repetitionPenalty: o.repetitionPenalty ?? g.repetition_penalty ?? 1.0,
+        topK: fromFile(o.topK, 'top_k', 0, 'topK', 0, 1 << 24, true),
+        topP: fromFile(o.topP, 'top_p', 1.0, 'topP', 0, 1),
+        repetitionPenalty: fromFile(o.repetitionPenalty, 'repetition_penalty', 1.0, 'repetitionPenalty', 0.01, 100),
         seed: o.seed ?? randomInt(0, 2 ** 47),
         stopSequences,
       },
@@ -378,21 +398,30 @@ export class Model {
     const onAbort = () => nseq.abort();
     o.signal?.addEventListener('abort', onAbort);
     try {
+      let failure: unknown = null; // thrown while handling a token (say, by onChunk): ends the run
       const reason = await new Promise<FinishReason>((resolve, reject) => {
         nseq.generate(Int32Array.from(promptIds), opts, (kind, a, b) => {
           if (kind === 'done') {
-            if (a) reject(a);
+            if (a || failure) reject(a || failure);
             else resolve(stoppedByString ? 'stop' : (b as FinishReason));
             return;
           }
-          if (stoppedByString) return;
-          const id = a as number;
+          if (stoppedByString || failure) return;
+          try {
+            onToken(a as number, b as boolean);
+          } catch (err) {
+            failure = err;
+            nseq.abort();
+          }
+        });
+        const onToken = (id: number, stop: boolean) => {
           tokens.push(id);
-          if (b || !decoder) {
-            if (onChunk && !decoder && !b) onChunk({ token: id, text: '' });
+          if (stop || !decoder) {
+            if (onChunk && !decoder && !stop) onChunk({ token: id, text: '' });
             return;
           }
-          text += decoder.push(id);
+          // Ids past the tokenizer's (the padding rows of a 151936/152064-row vocabulary) have no text.
+          text += id < tok!.vocabSize ? decoder.push(id) : '';
           for (const s of stopStrings) {
             const at = text.indexOf(s, Math.max(0, emitted - s.length + 1));
             if (at >= 0) {
@@ -404,7 +433,7 @@ export class Model {
           const safe = stoppedByString ? text.length : Math.max(emitted, text.length - holdBack);
           if (onChunk) onChunk({ token: id, text: text.slice(emitted, safe) });
           emitted = safe;
-        });
+        };
       });
       if (decoder && !stoppedByString) text += decoder.flush();
       if (onChunk && text.length > emitted) onChunk({ token: tokens[tokens.length - 1] ?? -1, text: text.slice(emitted) });
@@ -454,8 +483,17 @@ export class Model {
     return this.#run(tokens, options, stops, null).then(finish);
   }
 
-  private chatTurn(query: string, options: ChatOptions) {
+  /**
+   * The prompt chat() would feed for this turn, and the token sequences that end the reply: Qwen
+   * v1's make_context, or the checkpoint's ChatML template for qwen2/qwen3 (its default system
+   * prompt, Qwen3's thinking switch). For servers and tools that run generate() themselves.
+   */
+  chatPrompt(
+    query: string,
+    options: Pick<ChatOptions, 'history' | 'system' | 'maxWindowSize' | 'enableThinking'> = {},
+  ): { tokens: number[]; stopIds: number[][]; chatFormat: ChatFormat } {
     if (typeof query !== 'string') throw new TypeError('chat: query must be a string');
+    checkChatInput(options);
     const tok = this.#tokenizer('chat');
     const v1 = this.config.modelType === 'qwen';
     const format: ChatFormat = v1 && this.generationConfig.chat_format === 'raw' ? 'raw' : 'chatml';
@@ -478,9 +516,14 @@ export class Model {
           template: this.#chatTemplate,
           enableThinking: options.enableThinking,
         });
-    const stops = chatStopIds(tok, format);
+    return { tokens, stopIds: chatStopIds(tok, format), chatFormat: format };
+  }
+
+  private chatTurn(query: string, options: ChatOptions) {
+    const { tokens, stopIds: stops, chatFormat: format } = this.chatPrompt(query, options);
+    const tok = this.tokenizer!;
     const finish = (r: CompletionResult): ChatResult => {
-      const response = decodeReply(tok, r.tokens, format);
+      const response = decodeReply(tok, r.tokens.filter((id) => id < tok.vocabSize), format);
       const history = (options.history ?? []).map((t) => (Array.isArray(t) ? { query: t[0], response: t[1] } : { ...(t as { query: string; response: string }) }));
       history.push({ query, response });
       return { ...r, text: response, history };
@@ -527,7 +570,7 @@ export class Model {
 
   /** Frees the weights and every sequence's cache now; running generations are aborted. */
   dispose(): void {
-    for (const s of [...this.#sequences]) s.dispose();
+    for (const ref of [...this.#sequences]) ref.deref()?.dispose();
     this.#native?.dispose();
     this.#native = null;
   }
@@ -541,6 +584,18 @@ function readModelType(dir: string): string {
   } catch {
     return 'qwen';
   }
+}
+
+function checkChatInput(o: { history?: unknown; system?: unknown }): void {
+  if (o.system !== undefined && typeof o.system !== 'string') throw new TypeError('option system must be a string');
+  if (o.history === undefined) return;
+  if (!Array.isArray(o.history)) throw new TypeError('option history must be an array of {query, response} turns or [query, response] pairs');
+  o.history.forEach((t, i) => {
+    const ok = Array.isArray(t)
+      ? t.length === 2 && typeof t[0] === 'string' && typeof t[1] === 'string'
+      : t !== null && typeof t === 'object' && typeof (t as { query?: unknown }).query === 'string' && typeof (t as { response?: unknown }).response === 'string';
+    if (!ok) throw new TypeError(`option history[${i}] must be {query: string, response: string} or [query, response]`);
+  });
 }
 
 function emptyResult(promptTokens: number): CompletionResult {

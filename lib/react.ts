@@ -36,6 +36,8 @@ export interface RequestMessage {
 
 export interface QwenTurns {
   system: string;
+  /** Whether the messages gave a system prompt (else `system` is v1's default). */
+  systemGiven: boolean;
   history: [query: string, response: string][];
   /** The user query of the new turn; null when the last assistant turn is to be continued. */
   query: string | null;
@@ -272,9 +274,10 @@ export function toQwenTurns(messages: unknown, tools: readonly ToolSpec[]): Qwen
     else q = `${instruction}\n\nQuestion: ${q}`;
   }
   const system = systems.length ? tidy(systems.join('\n')) : DEFAULT_SYSTEM_PROMPT;
-  if (query !== null) return { system, history, query: q, continuation: null };
+  const systemGiven = systems.length > 0;
+  if (query !== null) return { system, systemGiven, history, query: q, continuation: null };
   const open = history.pop()!;
-  return { system, history, query: null, continuation: open };
+  return { system, systemGiven, history, query: null, continuation: open };
 }
 
 export interface ParsedReply {

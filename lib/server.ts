@@ -9,7 +9,7 @@ import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { parseArgs } from 'node:util';
 
 import { AbortError, Model, type CompletionResult, type FinishReason, type GenerateOptions, type LoadOptions } from './model';
-import { chatStopIds, makeContext, pyStrip, type ChatFormat } from './chat';
+import { chatStopIds, pyStrip, type ChatFormat } from './chat';
 import type { Tokenizer } from './tokenizer';
 import { MessageError, normalizeTools, parseReactResponse, REACT_STOP, toQwenTurns, type QwenTurns, type ToolCall } from './react';
 import { WEB_PAGE_HTML } from './web';
@@ -485,11 +485,14 @@ async function chatCompletions(ctx: Ctx, body: Body, req: http.IncomingMessage, 
     if (e instanceof MessageError) throw bad(e.message, e.param, 'invalid_value');
     throw e;
   }
-  const format: ChatFormat = model.generationConfig.chat_format === 'raw' ? 'raw' : 'chatml';
   let ids: number[];
+  let format: ChatFormat = model.config.modelType === 'qwen' && model.generationConfig.chat_format === 'raw' ? 'raw' : 'chatml';
   if (turns.query !== null) {
+    // The model's own chat prompt (v1 make_context, or the qwen2/qwen3 template and its default system).
     const maxWindowSize = Math.min(model.generationConfig.max_window_size ?? 6144, model.contextLength);
-    ids = makeContext(tok, turns.query, { history: turns.history, system: turns.system, maxWindowSize, chatFormat: format }).tokens;
+    const p = model.chatPrompt(turns.query, { history: turns.history, system: turns.systemGiven ? turns.system : undefined, maxWindowSize });
+    ids = p.tokens;
+    format = p.chatFormat;
   } else {
     if (format !== 'chatml') throw bad('Continuing an assistant message needs a ChatML (chat) model.', 'messages', 'invalid_value');
     ids = continuationIds(tok, turns);

@@ -40,10 +40,11 @@ interface Vocab {
 function* parseVocabSteps(text: string, file: string, specials: Map<string, number>): Generator<void, Vocab> {
   const bad = (msg: string) => new Error(`Corrupt tokenizer file ${file}: ${msg}`);
   const lines = text.split('\n');
+  yield;
   const ranks: number[] = [];
   const pieces: Buffer[] = [];
   for (let lineNo = 0; lineNo < lines.length; lineNo++) {
-    if (lineNo % 8192 === 8191) yield;
+    if (lineNo % 2048 === 2047) yield;
     const line = lines[lineNo].trim();
     if (!line) continue;
     const parts = line.split(/\s+/);
@@ -133,7 +134,7 @@ function* parseByteLevelVocabSteps(
   const pieces: Buffer[] = [];
   let i = 0;
   for (const [tok, id] of Object.entries(vocab as Record<string, unknown>)) {
-    if (++i % 8192 === 0) yield;
+    if (++i % 2048 === 0) yield;
     if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id > 0x7fffffff)
       throw bad(`token ${JSON.stringify(tok)} has id ${JSON.stringify(id)}, not a non-negative integer`);
     if (specialIds.has(id)) continue;

@@ -206,9 +206,13 @@ describe('chat-tiny-bf16 (vocab 151936)', () => {
     const r = tk.stop();
     try {
       assert.ok(m.tokenizer, 'the tokenizer was not loaded');
-      // The vocabulary is parsed in slices between event-loop turns (tiktoken's WASM tables are
-      // built later, at the first encode).
-      assertResponsive(t, 'load with tokenizer', r);
+      // The vocabulary is parsed in slices of 2048 lines between event-loop turns (alone: gaps of
+      // ~25 ms here; tiktoken's WASM tables are built later, at the first encode). The whole load
+      // takes only ~200 ms, so a third of it is within reach of one GC pause after the suites
+      // above: only the absolute bound applies. Parsing on the JS thread in one piece stalls
+      // ~300 ms, which this still catches.
+      t.diagnostic(`load with tokenizer: ${r.duration.toFixed(0)} ms, ${r.ticks} ticks, max gap ${r.maxGap.toFixed(1)} ms`);
+      assert.ok(r.maxGap < MAX_GAP, `load with tokenizer: the event loop stalled for ${r.maxGap.toFixed(0)} ms`);
     } finally {
       m.dispose();
     }

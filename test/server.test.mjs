@@ -139,8 +139,10 @@ describe('ReAct prompt and parser (units)', () => {
       ],
       [],
     );
-    assert.deepEqual(t, { system: 'Be brief.', history: [['Q1', 'A1']], query: 'Q2', continuation: null });
+    assert.deepEqual(t, { system: 'Be brief.', systemGiven: true, history: [['Q1', 'A1']], query: 'Q2', continuation: null });
+    // No system message: v1's default, marked as not given (a qwen2/qwen3 model uses its template's).
     assert.equal(toQwenTurns(USER, []).system, 'You are a helpful assistant.');
+    assert.equal(toQwenTurns(USER, []).systemGiven, false);
     // Consecutive user messages are joined.
     assert.equal(toQwenTurns([{ role: 'user', content: 'a' }, { role: 'user', content: 'b' }], []).query, 'a\nb');
   });

@@ -35,15 +35,21 @@ uint64_t Rng::next() {
 double Rng::uniform() { return double(next() >> 11) * (1.0 / 9007199254740992.0); }
 
 int32_t sample_token(float* logits, int vocab, const SamplingOptions& opt, const std::vector<int32_t>& history, Rng& rng) {
+  // Scratch reused across tokens (a generation samples on one thread): no per-token allocation
+  // of vocabulary-sized buffers.
+  thread_local std::vector<uint8_t> seen;
+  thread_local std::vector<int32_t> idx;
   if (opt.repetition_penalty != 1.0f) {
     // Each distinct id is penalised once, as torch's gather/scatter does.
-    std::vector<uint8_t> seen(size_t(vocab), 0);
+    if (seen.size() < size_t(vocab)) seen.assign(size_t(vocab), 0);
     for (int32_t id : history) {
       if (id < 0 || id >= vocab || seen[size_t(id)]) continue;
       seen[size_t(id)] = 1;
       float& l = logits[id];
       l = l < 0 ? l * opt.repetition_penalty : l / opt.repetition_penalty;
     }
+    for (int32_t id : history)
+      if (id >= 0 && id < vocab) seen[size_t(id)] = 0;
   }
   if (!opt.do_sample || opt.temperature <= 0.0f)
     return int32_t(std::max_element(logits, logits + vocab) - logits);
@@ -52,7 +58,7 @@ int32_t sample_token(float* logits, int vocab, const SamplingOptions& opt, const
     for (int i = 0; i < vocab; i++) logits[i] /= opt.temperature;
 
   // Candidates: top-k keeps every id tied with the k-th (as HF's `scores < kth_value` test does).
-  std::vector<int32_t> idx(static_cast<size_t>(vocab));
+  idx.resize(size_t(vocab));
   std::iota(idx.begin(), idx.end(), 0);
   size_t keep = size_t(vocab);
   if (opt.top_k > 0 && opt.top_k < vocab) {

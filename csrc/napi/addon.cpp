@@ -2,6 +2,8 @@
 // NativeModel wrapper, device queries.
 #include "addon.h"
 
+#include <algorithm>
+
 #include "../core/error.h"
 
 namespace qwen::napi {
@@ -105,7 +107,9 @@ void load_call_js_body(Napi::Env env, Napi::Function on_progress, LoadJob* job, 
   handle->model = std::shared_ptr<Model>(std::move(job->result));
   {
     std::lock_guard<std::mutex> lock(data->mu);
-    data->models.insert(handle);
+    auto& v = data->models;
+    v.erase(std::remove_if(v.begin(), v.end(), [](const std::weak_ptr<ModelHandle>& w) { return w.expired(); }), v.end());
+    v.push_back(handle);
   }
   Napi::Object obj = data->model_ctor.New({});
   NativeModel::Unwrap(obj)->handle = handle;
@@ -197,9 +201,14 @@ Napi::Function NativeModel::Init(Napi::Env env) {
 
 NativeModel::NativeModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeModel>(info) {}
 
+std::shared_ptr<Model> NativeModel::live(const char* what) {
+  if (!handle) throw Error(std::string(what) + ": this NativeModel was not made by loadModel");
+  return handle->get(what);
+}
+
 Napi::Value NativeModel::Config(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  auto m = handle->get("config");
+  auto m = live("config");
   const ModelConfig& c = m->config();
   Napi::Object o = Napi::Object::New(env);
   o.Set("modelType", c.model_type);
@@ -231,15 +240,15 @@ Napi::Value NativeModel::Config(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value NativeModel::Backend(const Napi::CallbackInfo& info) {
-  return Napi::String::New(info.Env(), handle->get("backend")->backend().name());
+  return Napi::String::New(info.Env(), live("backend")->backend().name());
 }
 
 Napi::Value NativeModel::ContextLength(const Napi::CallbackInfo& info) {
-  return Napi::Number::New(info.Env(), handle->get("contextLength")->context_length());
+  return Napi::Number::New(info.Env(), live("contextLength")->context_length());
 }
 
 Napi::Value NativeModel::Memory(const Napi::CallbackInfo& info) {
-  MemoryReport r = handle->get("memory")->backend().memory();
+  MemoryReport r = live("memory")->backend().memory();
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("weights", double(r.weights));
   o.Set("kvCache", double(r.kv_cache));
@@ -249,12 +258,12 @@ Napi::Value NativeModel::Memory(const Napi::CallbackInfo& info) {
 
 Napi::Value NativeModel::CreateSequence(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  auto m = handle->get("createSequence");
+  auto m = live("createSequence");
   AddonData* data = env.GetInstanceData<AddonData>();
   Napi::Object obj = data->sequence_ctor.New({});
   NativeSequence* s = NativeSequence::Unwrap(obj);
   s->state->handle = handle;
-  s->state->cache = m->new_cache();
+  (void)m;  // checked live above; the cache itself is made by the sequence's first job
   return obj;
 }
 
@@ -267,7 +276,8 @@ Napi::Value NativeModel::Dispose(const Napi::CallbackInfo& info) {
     }
     AddonData* data = info.Env().GetInstanceData<AddonData>();
     std::lock_guard<std::mutex> lock(data->mu);
-    data->models.erase(handle);
+    auto& v = data->models;
+    v.erase(std::remove_if(v.begin(), v.end(), [&](const std::weak_ptr<ModelHandle>& w) { return w.expired() || w.lock() == handle; }), v.end());
   }
   return info.Env().Undefined();
 }
@@ -285,7 +295,8 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   // token so their threads can be joined.
   env.AddCleanupHook([data] {
     std::lock_guard<std::mutex> lock(data->mu);
-    for (auto& h : data->models) h->abort_all();
+    for (auto& w : data->models)
+      if (auto h = w.lock()) h->abort_all();
   });
   exports.Set("loadModel", Napi::Function::New<LoadModel>(env, "loadModel"));
   exports.Set("cudaDeviceCount", Napi::Function::New<CudaDeviceCount>(env, "cudaDeviceCount"));

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <set>
 #include <thread>
+#include <vector>
 
 #include "../core/generate.h"
 #include "../core/model.h"
@@ -32,7 +33,8 @@ struct AddonData {
   Napi::FunctionReference model_ctor;
   Napi::FunctionReference sequence_ctor;
   std::mutex mu;
-  std::set<std::shared_ptr<ModelHandle>> models;  // for abort at environment teardown
+  // Weak: a model whose JS object is garbage-collected without dispose() is freed all the same.
+  std::vector<std::weak_ptr<ModelHandle>> models;  // for abort at environment teardown
 };
 
 class NativeModel : public Napi::ObjectWrap<NativeModel> {
@@ -42,6 +44,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   std::shared_ptr<ModelHandle> handle;
 
  private:
+  std::shared_ptr<Model> live(const char* what);  // throws when unloaded or disposed
   Napi::Value Config(const Napi::CallbackInfo& info);
   Napi::Value Backend(const Napi::CallbackInfo& info);
   Napi::Value ContextLength(const Napi::CallbackInfo& info);
@@ -58,7 +61,10 @@ class NativeSequence : public Napi::ObjectWrap<NativeSequence> {
 
   struct State {
     std::shared_ptr<ModelHandle> handle;
-    std::unique_ptr<KvCache> cache;  // guarded by busy: one job at a time
+    // Made by the first job on its own thread (a cache is allocated under the backend's lock,
+    // which a running forward pass holds; the JS thread must never wait for it). Guarded by
+    // busy: one job at a time.
+    std::unique_ptr<KvCache> cache;
     std::atomic<bool> busy{false};
     std::atomic<bool> abort{false};
     std::atomic<bool> disposed{false};

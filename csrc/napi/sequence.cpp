@@ -73,7 +73,7 @@ void seq_call_js_body(Napi::Env env, Napi::Function cb, SeqJob* job, SeqEvent* e
 // Marks the sequence busy and takes a reference on the model, or throws why it cannot.
 void acquire(Napi::Env env, NativeSequence::State& st, const char* what, std::shared_ptr<Model>* model) {
   std::lock_guard<std::mutex> lock(state_mutex());
-  if (st.disposed || !st.cache) throw Napi::Error::New(env, std::string(what) + ": the sequence has been disposed");
+  if (st.disposed) throw Napi::Error::New(env, std::string(what) + ": the sequence has been disposed");
   if (st.busy) throw Napi::Error::New(env, std::string(what) + ": the sequence is busy (an eval or generation is already running on it)");
   try {
     *model = st.handle->get(what);
@@ -96,6 +96,7 @@ void start(Napi::Env env, SeqJob* job, Napi::Function cb) {
   job->thread = std::thread([job] {
     NativeSequence::State& st = *job->st;
     try {
+      if (!st.cache) st.cache = job->model->new_cache();
       if (job->generate) {
         job->reason = qwen::generate(*job->model, *st.cache, job->ids, job->gopt, st.abort, [job](int32_t tok, bool stop) {
           job->tsfn.BlockingCall(new SeqEvent{SeqEvent::Token, tok, stop});
@@ -155,13 +156,15 @@ NativeSequence::~NativeSequence() {
 
 Napi::Value NativeSequence::Length(const Napi::CallbackInfo& info) {
   std::lock_guard<std::mutex> lock(state_mutex());
-  return Napi::Number::New(info.Env(), state->cache && !state->busy ? state->cache->length : -1);
+  if (state->busy) return Napi::Number::New(info.Env(), -1);
+  return Napi::Number::New(info.Env(), state->cache ? state->cache->length : 0);
 }
 
 Napi::Value NativeSequence::Tokens(const Napi::CallbackInfo& info) {
   std::lock_guard<std::mutex> lock(state_mutex());
-  if (!state->cache || state->busy) return info.Env().Null();
-  const auto& t = state->cache->tokens;
+  if (state->busy) return info.Env().Null();
+  static const std::vector<int32_t> none;
+  const auto& t = state->cache ? state->cache->tokens : none;
   Napi::Int32Array a = Napi::Int32Array::New(info.Env(), t.size());
   std::copy(t.begin(), t.end(), a.Data());
   return a;
@@ -181,7 +184,7 @@ Napi::Value NativeSequence::Eval(const Napi::CallbackInfo& info) {
   job->handle = state->handle;
   job->deferred = std::make_unique<Napi::Promise::Deferred>(env);
   Napi::Promise p = job->deferred->Promise();
-  start(env, guard.release(), Napi::Function::New(env, [](const Napi::CallbackInfo&) {}));
+  start(env, guard.release(), Napi::Function());
   return p;
 }
 
