@@ -292,8 +292,12 @@ export class Model {
     return this.#native;
   }
 
-  /** Bytes held: weights, live KV caches, scratch buffers. */
-  memory(): { weights: number; kvCache: number; workspace: number } {
+  /**
+   * Bytes held by the backend: weights (device memory on CUDA), live KV caches, scratch buffers,
+   * and hostWeights: weights the GPU reads from page-locked host memory (CUDA keeps the
+   * embedding table there).
+   */
+  memory(): { weights: number; kvCache: number; workspace: number; hostWeights: number } {
     return this.#live('memory').memory();
   }
 

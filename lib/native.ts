@@ -44,7 +44,7 @@ export interface NativeModel {
   config(): NativeConfig;
   backend(): string;
   contextLength(): number;
-  memory(): { weights: number; kvCache: number; workspace: number };
+  memory(): { weights: number; kvCache: number; workspace: number; hostWeights: number };
   createSequence(): NativeSequence;
   dispose(): void;
 }

@@ -253,6 +253,7 @@ Napi::Value NativeModel::Memory(const Napi::CallbackInfo& info) {
   o.Set("weights", double(r.weights));
   o.Set("kvCache", double(r.kv_cache));
   o.Set("workspace", double(r.workspace));
+  o.Set("hostWeights", double(r.host_weights));
   return o;
 }
 
