@@ -572,7 +572,10 @@ class CudaBackend : public Backend {
     if (progress) progress(1.0);
     const char* env = std::getenv("QWEN_CUDA_GRAPH");
     use_graph_ = !(env && std::strcmp(env, "0") == 0);
-    device_argmax_ = !env_is("QWEN_DEVICE_ARGMAX", "0");
+    // Opt-in (QWEN_DEVICE_ARGMAX=1) until the H100 run's one failure is understood: the
+    // forward_argmax test at V=151936, H=16 ended in "cudaMemcpyAsync(logits, ...) invalid
+    // argument" (test/gpu/NOTES.md); greedy decoding copies the logits meanwhile.
+    device_argmax_ = env_is("QWEN_DEVICE_ARGMAX", "1");
   }
 
   // wte [V, H] in host memory, mapped into the device's address space: the checkpoint's own pages
@@ -763,7 +766,7 @@ class CudaBackend : public Backend {
   std::string gpu_name_;
   DT dt_ = DT::BF16;
   bool use_graph_ = true;
-  bool device_argmax_ = true;  // forward_argmax implemented (QWEN_DEVICE_ARGMAX=0: declined)
+  bool device_argmax_ = false;  // forward_argmax used only with QWEN_DEVICE_ARGMAX=1
   std::mutex mu_;
   cudaStream_t stream_ = nullptr;
   // Weights: one allocation.

@@ -1382,12 +1382,14 @@ int main(int argc, char** argv) {
         test_model("tiny [wte pinned copy]", 128, 2, 256, 1000, 2, 64, 20, 3, false, DT::F16);
       });
       // greedy on the device (Backend::forward_argmax)
-      test_forward_argmax("tiny", 128, 2, 256, 1000, 2, 70, 12, DT::BF16);
-      test_forward_argmax("tiny-gptq-int4", 128, 2, 256, 1000, 2, 20, 12, DT::F16, 4, 64);
-      with_env("QWEN_GPTQ_GEMV", "v1", [&] {
-        test_forward_argmax("tiny-gptq-int4 [v1]", 128, 2, 256, 1000, 2, 20, 6, DT::F16, 4, 64);
+      with_env("QWEN_DEVICE_ARGMAX", "1", [&] {  // opt-in for now (model_cuda.cu)
+        test_forward_argmax("tiny", 128, 2, 256, 1000, 2, 70, 12, DT::BF16);
+        test_forward_argmax("tiny-gptq-int4", 128, 2, 256, 1000, 2, 20, 12, DT::F16, 4, 64);
+        with_env("QWEN_GPTQ_GEMV", "v1", [&] {
+          test_forward_argmax("tiny-gptq-int4 [v1]", 128, 2, 256, 1000, 2, 20, 6, DT::F16, 4, 64);
+        });
+        if (!q) test_forward_argmax("chat-tiny V=151936", 16, 2, 32, 151936, 2, 9, 12, DT::BF16);
       });
-      if (!q) test_forward_argmax("chat-tiny V=151936", 16, 2, 32, 151936, 2, 9, 12, DT::BF16);
       // the old workspace layout (qkv_, ab_, logits_ in separate regions)
       with_env("QWEN_CUDA_WS_SHARE", "0", [&] {
         test_model("tiny [separate workspace regions]", 128, 2, 256, 1000, 2, 64, 70, 3, true, DT::BF16);
