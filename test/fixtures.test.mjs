@@ -11,22 +11,7 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 
 import { Model, Tokenizer } from '../dist/index.mjs';
-import { argmax, device, errors, fixture, readJson, readSafetensors } from './helpers/fixtures.mjs';
-
-const REL_TOL = device === 'cpu' ? 1e-5 : 3e-2;
-
-// Free-running greedy ids must match the original's wherever the original's top-2 margin is
-// far above our measured logit error; after the first step that may legitimately differ, the
-// two runs no longer share a context, so comparison stops there.
-function checkGreedy(got, want, margins, maxAbsErr, label) {
-  const needed = Math.max(20 * maxAbsErr, 1e-4);
-  for (let s = 0; s < want.length; s++) {
-    if (got[s] === want[s]) continue;
-    assert.ok(margins[s] < needed, `${label}: step ${s} chose ${got[s]}, original ${want[s]}, margin ${margins[s]} >= ${needed}`);
-    return s;
-  }
-  return want.length;
-}
+import { argmax, checkGreedy, device, errors, fixture, readJson, readSafetensors, REL_TOL } from './helpers/fixtures.mjs';
 
 for (const name of ['tiny-fp32', 'tiny-bf16', 'tiny-fp16']) {
   test(`${name}: teacher-forced logits and greedy ids match the original (${device})`, async (t) => {

@@ -8,11 +8,10 @@ import os from 'node:os';
 import path from 'node:path';
 
 import { Model } from '../dist/index.mjs';
-import { device, errors, fixture, readJson, readSafetensors } from './helpers/fixtures.mjs';
+import { device, errors, fixture, readJson, readSafetensors, REL_TOL } from './helpers/fixtures.mjs';
 
 // The GPTQ fixtures store dequantizable weights; the original dequantizes them to fp32 for its
 // reference, and so do we on the CPU, so the fp32 tolerance applies (see fixtures.test.mjs).
-const REL_TOL = device === 'cpu' ? 1e-5 : 3e-2;
 
 async function teacherForce(model, prompt, ids, steps) {
   const seq = model.createSequence();

@@ -13,21 +13,11 @@ import os from 'node:os';
 import path from 'node:path';
 
 import { Model, Tokenizer } from '../dist/index.mjs';
-import { argmax, device, errors, fixturesDir, readJson, readSafetensors, repoRoot } from './helpers/fixtures.mjs';
+import { argmax, checkGreedy, device, errors, fixturesDir, readJson, readSafetensors, REL_TOL, repoRoot } from './helpers/fixtures.mjs';
 
-const REL_TOL = device === 'cpu' ? 1e-5 : 3e-2;
 const qfixture = (name) => path.join(repoRoot, 'test', 'fixtures-qwen2', name);
 const FIXTURES = ['tiny-qwen2-tied', 'tiny-qwen3-untied', 'tiny-qwen2-gptq-int4'];
 
-function checkGreedy(got, want, margins, maxAbsErr, label) {
-  const needed = Math.max(20 * maxAbsErr, 1e-4);
-  for (let s = 0; s < want.length; s++) {
-    if (got[s] === want[s]) continue;
-    assert.ok(margins[s] < needed, `${label}: step ${s} chose ${got[s]}, reference ${want[s]}, margin ${margins[s]} >= ${needed}`);
-    return s;
-  }
-  return want.length;
-}
 
 // Teacher-forces every case of a fixture through `model`; returns the worst errors.
 async function teacherForce(model, dir, label) {

@@ -69,6 +69,18 @@ struct Binder {
 namespace {
 
 // SPEC 10: model.embed_tokens, model.layers.{i}.*, model.norm, lm_head (absent when tied).
+// lm_head.weight, or wte itself when the embeddings are tied and the file has no lm_head.
+Linear lm_head(Binder& b, const Checkpoint& ck, const ModelConfig& cfg, const Tensor& wte) {
+  if (cfg.tie_word_embeddings && !ck.find("lm_head.weight")) {
+    Linear l;
+    l.in = cfg.hidden_size;
+    l.out = cfg.vocab_size;
+    l.weight = wte;
+    return l;
+  }
+  return b.linear("lm_head", cfg.hidden_size, cfg.vocab_size, false);
+}
+
 ModelWeights bind_qwen2(Binder& b, const Checkpoint& ck, const ModelConfig& cfg) {
   const int64_t V = cfg.vocab_size, H = cfg.hidden_size, F = cfg.ffn_size, d = cfg.head_dim;
   const int Q = cfg.q_size(), KV = cfg.kv_size();
@@ -94,13 +106,7 @@ ModelWeights bind_qwen2(Binder& b, const Checkpoint& ck, const ModelConfig& cfg)
     w.layers.push_back(std::move(l));
   }
   w.ln_f = b.tensor("model.norm.weight", {H});
-  if (cfg.tie_word_embeddings && !ck.find("lm_head.weight")) {
-    w.lm_head.in = int(H);
-    w.lm_head.out = int(V);
-    w.lm_head.weight = w.wte;
-  } else {
-    w.lm_head = b.linear("lm_head", int(H), int(V), false);
-  }
+  w.lm_head = lm_head(b, ck, cfg, w.wte);
   return w;
 }
 
@@ -125,13 +131,7 @@ ModelWeights bind_weights(const Checkpoint& ck, const ModelConfig& cfg) {
     w.layers.push_back(std::move(l));
   }
   w.ln_f = b.tensor("transformer.ln_f.weight", {H});
-  if (cfg.tie_word_embeddings && !ck.find("lm_head.weight")) {
-    w.lm_head.in = int(H);
-    w.lm_head.out = int(V);
-    w.lm_head.weight = w.wte;
-  } else {
-    w.lm_head = b.linear("lm_head", int(H), int(V), false);
-  }
+  w.lm_head = lm_head(b, ck, cfg, w.wte);
   return w;
 }
 
