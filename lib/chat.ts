@@ -71,7 +71,9 @@ export function chatStopIds(tok: Tokenizer, chatFormat: ChatFormat = 'chatml'): 
 
 // Python's str.strip() set (str.isspace). JS trim() differs: it also strips U+FEFF and keeps
 // U+001C..U+001F and U+0085, which a model can emit.
-const PY_WS = '[\\t\\n\\v\\f\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]+';
+/** Python's str.isspace() set, as a regex character-class body. */
+export const PY_WS_CLASS = '\\t\\n\\v\\f\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000';
+const PY_WS = `[${PY_WS_CLASS}]+`;
 const PY_STRIP_RE = new RegExp(`^${PY_WS}|${PY_WS}$`, 'g');
 export function pyStrip(s: string): string {
   return s.replace(PY_STRIP_RE, '');

@@ -7,6 +7,8 @@
 // prompt, (query, response) history pairs, and a query -- or, when the conversation ends with an
 // assistant or tool message, the text of an unfinished assistant turn to continue.
 
+import { DEFAULT_SYSTEM } from './chat';
+
 /** One tool, as OpenAI's `tools[].function` (or the legacy `functions[]`) describes it. */
 export interface ToolSpec {
   name: string;
@@ -58,7 +60,8 @@ export class MessageError extends Error {
   }
 }
 
-export const DEFAULT_SYSTEM_PROMPT = 'You are a helpful assistant.';
+/** Qwen v1's default system prompt (lib/chat.ts), which Qwen's openai_api.py also uses. */
+export const DEFAULT_SYSTEM_PROMPT = DEFAULT_SYSTEM;
 /** Generation stops here: the tool's result is the caller's to supply. */
 export const REACT_STOP = 'Observation:';
 

@@ -9,7 +9,7 @@ import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { parseArgs } from 'node:util';
 
 import { AbortError, Model, type CompletionResult, type FinishReason, type GenerateOptions, type LoadOptions } from './model';
-import { chatStopIds, pyStrip, type ChatFormat } from './chat';
+import { chatStopIds, pyStrip, PY_WS_CLASS, type ChatFormat } from './chat';
 import type { Tokenizer } from './tokenizer';
 import { MessageError, normalizeTools, parseReactResponse, REACT_STOP, toQwenTurns, type QwenTurns, type ToolCall } from './react';
 import { WEB_PAGE_HTML } from './web';
@@ -53,9 +53,8 @@ export class HttpError extends Error {
 const bad = (message: string, param: string | null = null, code: string | null = null) => new HttpError(400, message, param, code);
 
 /** Python's whitespace (str.isspace), as the reply strip uses. */
-const PY_WS = '\\t\\n\\v\\f\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000';
-const LEADING_WS = new RegExp(`^[${PY_WS}]+`);
-const TRAILING_WS = new RegExp(`[${PY_WS}]+$`);
+const LEADING_WS = new RegExp(`^[${PY_WS_CLASS}]+`);
+const TRAILING_WS = new RegExp(`[${PY_WS_CLASS}]+$`);
 
 /**
  * Streams a reply stripped as a whole (leading whitespace dropped, trailing whitespace held until
