@@ -33,6 +33,16 @@ export interface LoadOptions {
    * fp32's bytes). Default 'auto': 'int8' when config.json sets use_cache_quantization.
    */
   kvCache?: 'auto' | 'float' | 'int8';
+  /**
+   * Generations decoded together: concurrent generate/complete/chat calls share each forward pass
+   * (continuous batching), up to this many sequences at once; default 16.
+   */
+  maxBatch?: number;
+  /**
+   * Generations that may wait for a place in the batch; one more is refused with an Error
+   * ("queue is full"). Default 64.
+   */
+  maxQueue?: number;
   /** A Tokenizer, or the path of a qwen.tiktoken file / folder; default: the checkpoint's own. */
   tokenizer?: Tokenizer | string | null;
   /** Called with the fraction of weight bytes loaded, 0..1. */
@@ -240,6 +250,8 @@ export class Model {
     checkNumber('deviceIndex', o.deviceIndex, 0, 1024, true);
     checkNumber('contextLength', o.contextLength, 1, 1 << 24, true);
     checkNumber('threads', o.threads, 0, 4096, true);
+    checkNumber('maxBatch', o.maxBatch, 1, 1 << 16, true);
+    checkNumber('maxQueue', o.maxQueue, 0, 1 << 20, true);
     if (o.kvCache !== undefined && !['auto', 'float', 'int8'].includes(o.kvCache))
       throw new RangeError(`option kvCache must be 'auto', 'float' or 'int8', got ${String(o.kvCache)}`);
     if (o.onProgress !== undefined && typeof o.onProgress !== 'function') throw new TypeError('option onProgress must be a function');
@@ -272,6 +284,8 @@ export class Model {
         contextLength: o.contextLength ?? 0,
         threads: o.threads ?? 0,
         kvCache: o.kvCache ?? 'auto',
+        maxBatch: o.maxBatch ?? 16,
+        maxQueue: o.maxQueue ?? 64,
       },
       onProgress ? (fraction) => onProgress({ fraction }) : undefined,
     );
@@ -299,6 +313,15 @@ export class Model {
    */
   memory(): { weights: number; kvCache: number; workspace: number; hostWeights: number } {
     return this.#live('memory').memory();
+  }
+
+  /**
+   * Counters of the generation scheduler, for diagnostics: forward passes it ran (`steps`), the
+   * sequence-steps in them (`items`; items / steps is the mean batch size), the largest batch,
+   * ids fed, and generations finished.
+   */
+  batchStats(): { steps: number; items: number; maxItems: number; tokens: number; requests: number } {
+    return this.#live('batchStats').batchStats();
   }
 
   createSequence(): Sequence {

@@ -46,6 +46,7 @@ export interface NativeModel {
   contextLength(): number;
   memory(): { weights: number; kvCache: number; workspace: number; hostWeights: number };
   createSequence(): NativeSequence;
+  batchStats(): { steps: number; items: number; maxItems: number; tokens: number; requests: number };
   dispose(): void;
 }
 

@@ -1,7 +1,7 @@
 // An OpenAI-compatible HTTP server over one Model: /v1/chat/completions (ChatML through Qwen's
 // make_context, tools through the ReAct prompt of Qwen's openai_api.py), /v1/completions,
 // /v1/models, /health, and a small chat page at /. Every request runs its generations on sequences
-// of its own (concurrent calls are allowed; the native side serializes the forward passes), a
+// of its own (concurrent calls are allowed; the model's engine batches their forward passes), a
 // client that goes away aborts them, and more than `maxQueue` requests in flight are refused (503).
 import http from 'node:http';
 import path from 'node:path';

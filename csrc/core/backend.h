@@ -39,6 +39,21 @@ struct MemoryReport {
 
 using ProgressFn = std::function<void(double fraction)>;
 
+// One sequence's part of a batched forward pass (Backend::forward_batch).
+struct BatchItem {
+  KvCache* cache = nullptr;
+  const int32_t* ids = nullptr;  // [n], fed at positions cache->length..
+  int n = 0;
+  float* logits = nullptr;        // [V]: the logits of the item's last position
+  // Greedy without a penalty: where non-null, the backend may write the argmax of the last
+  // position's logits here instead of the logits (Backend::forward_argmax), and sets `argmax` then.
+  int32_t* token_out = nullptr;
+  bool argmax = false;
+  // Model::forward_batch only: the prefill length that fixes the NTK alpha of an empty cache
+  // (a prompt fed in chunks takes the alpha of the whole prompt); 0 = n.
+  int ntk_len = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -55,6 +70,18 @@ class Backend {
     (void)cache, (void)ids, (void)n, (void)token_out;
     return false;
   }
+  // Several sequences' steps, each with its own cache: every item's output is that of forward
+  // (or forward_argmax) on it alone. This default runs them one after the other; a backend that
+  // can share one pass over the weights among the items overrides it.
+  virtual void forward_batch(std::vector<BatchItem>& items) {
+    for (BatchItem& it : items) {
+      it.argmax = it.token_out && forward_argmax(*it.cache, it.ids, it.n, it.token_out);
+      if (!it.argmax) forward(*it.cache, it.ids, it.n, it.logits, false);
+    }
+  }
+  // The longest prompt chunk one forward pass of a batch should take (the scheduler feeds longer
+  // prompts in several steps so the other sequences' decoding keeps going); 0 = whole prompts.
+  virtual int prefill_chunk() const { return 0; }
   virtual MemoryReport memory() const = 0;
 };
 

@@ -1,5 +1,7 @@
 #include "generate.h"
 
+#include <algorithm>
+
 #include "error.h"
 
 namespace qwen {
@@ -21,48 +23,73 @@ bool ends_with(const std::vector<int32_t>& seq, const std::vector<int32_t>& tail
 }
 }  // namespace
 
+Generation::Generation(KvCache& cache, std::vector<int32_t> prompt, const GenerateOptions& opt, int vocab)
+    : cache_(cache), prompt_(std::move(prompt)), opt_(opt), vocab_(vocab), rng_(opt.sampling.seed) {
+  if (prompt_.empty()) throw Error("generate: the prompt is empty");
+  // Greedy without a repetition penalty is the argmax of the raw logits: the backend may pick it
+  // (CUDA: 4 bytes back instead of V floats); sample_token otherwise.
+  const SamplingOptions& so = opt.sampling;
+  argmax_ok_ = (!so.do_sample || so.temperature <= 0.0f) && so.repetition_penalty == 1.0f;
+}
+
+void Generation::input(int max_chunk, const int32_t** ids, int* n) const {
+  if (prefilling()) {
+    *ids = prompt_.data() + fed_;
+    *n = int(std::min<size_t>(prompt_.size() - fed_, size_t(std::max(1, max_chunk))));
+  } else {
+    *ids = &next_;
+    *n = 1;
+  }
+}
+
+bool Generation::check_abort(const std::atomic<bool>& abort) {
+  if (!finished_ && abort.load()) finish(FinishReason::Aborted);
+  return finished_;
+}
+
+void Generation::advance(int n, float* logits, const int32_t* token, const std::atomic<bool>& abort,
+                         const TokenFn& on_token) {
+  if (prefilling()) {
+    fed_ += size_t(n);
+    if (prefilling()) {  // more chunks to come
+      check_abort(abort);
+      return;
+    }
+  }
+  if (check_abort(abort)) return;
+  const int32_t tok = token ? *token : sample_token(logits, vocab_, opt_.sampling, cache_.tokens, rng_);
+  generated_.push_back(tok);
+  for (const auto& s : opt_.stop_sequences)
+    if (ends_with(generated_, s)) {
+      on_token(tok, true);
+      return finish(FinishReason::Stop);
+    }
+  on_token(tok, false);
+  if (int(generated_.size()) >= opt_.max_new_tokens) return finish(FinishReason::Length);
+  if (cache_.length >= cache_.capacity) return finish(FinishReason::ContextLimit);
+  if (check_abort(abort)) return;
+  next_ = tok;
+}
+
 FinishReason generate(Model& model, KvCache& cache, const std::vector<int32_t>& prompt, const GenerateOptions& opt,
                       const std::atomic<bool>& abort, const TokenFn& on_token) {
   const int V = model.config().vocab_size;
-  if (prompt.empty()) throw Error("generate: the prompt is empty");
+  Generation g(cache, prompt, opt, V);
   std::vector<float> logits(static_cast<size_t>(V));
-  Rng rng(opt.sampling.seed);
-  std::vector<int32_t> generated;
-  // Greedy without a repetition penalty is the argmax of the raw logits: let the backend pick it
-  // where it can (CUDA: 4 bytes back instead of V floats); sample_token otherwise.
-  const SamplingOptions& so = opt.sampling;
-  bool on_device = (!so.do_sample || so.temperature <= 0.0f) && so.repetition_penalty == 1.0f;
-  int32_t tok = 0;
-  // Feeds ids; returns whether `tok` already holds the next token (else it is in `logits`).
-  auto feed = [&](const int32_t* ids, int n) {
-    if (on_device) {
-      int32_t next = 0;
-      if (model.forward_argmax(cache, ids, n, &next)) {
-        tok = next;
-        return true;
-      }
-      on_device = false;  // not implemented by this backend
-    }
-    model.forward(cache, ids, n, logits.data(), false);
-    return false;
-  };
-  if (abort.load()) return FinishReason::Aborted;
-  bool have = feed(prompt.data(), int(prompt.size()));
+  if (g.check_abort(abort)) return g.reason();
   for (;;) {
-    if (abort.load()) return FinishReason::Aborted;
-    if (!have) tok = sample_token(logits.data(), V, opt.sampling, cache.tokens, rng);
-    generated.push_back(tok);
-    for (const auto& s : opt.stop_sequences)
-      if (ends_with(generated, s)) {
-        on_token(tok, true);
-        return FinishReason::Stop;
-      }
-    on_token(tok, false);
-    if (int(generated.size()) >= opt.max_new_tokens) return FinishReason::Length;
-    if (cache.length >= cache.capacity) return FinishReason::ContextLimit;
-    if (abort.load()) return FinishReason::Aborted;
-    const int32_t fed = tok;
-    have = feed(&fed, 1);
+    const int32_t* ids;
+    int n;
+    g.input(INT_MAX, &ids, &n);  // the whole prompt in one pass
+    int32_t tok = 0;
+    bool have = false;
+    if (g.argmax_ok()) {
+      have = model.forward_argmax(cache, ids, n, &tok);
+      if (!have) g.no_argmax();  // not implemented by this backend
+    }
+    if (!have) model.forward(cache, ids, n, logits.data(), false);
+    g.advance(n, logits.data(), have ? &tok : nullptr, abort, on_token);
+    if (g.finished()) return g.reason();
   }
 }
 

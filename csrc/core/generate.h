@@ -2,6 +2,7 @@
 // time until a stop sequence, max_new_tokens, the context limit, or an abort.
 #pragma once
 #include <atomic>
+#include <climits>
 #include <cstdint>
 #include <functional>
 #include <vector>
@@ -23,6 +24,53 @@ const char* finish_reason_name(FinishReason r);
 // Called for every chosen token; `stop` is true for the token that completed a stop sequence
 // (it is the last one reported).
 using TokenFn = std::function<void(int32_t token, bool stop)>;
+
+// One sequence's generation as a state machine, stepped by whoever runs the forward passes
+// (generate() below: one sequence alone; Engine: many in one batch). Each step: input() gives
+// the ids to feed (a prompt chunk or the last generated token), the caller runs the forward pass
+// on them, and advance() takes its output: after the prompt's last chunk and every token, it picks
+// the next token (sampled from the logits with the sequence's own options and RNG, or the
+// backend's argmax), reports it and decides whether to go on. The last generated token is reported
+// but not fed (as in Hugging Face's generate); the repetition penalty sees the cache's tokens.
+class Generation {
+ public:
+  // Throws Error for an empty prompt.
+  Generation(KvCache& cache, std::vector<int32_t> prompt, const GenerateOptions& opt, int vocab);
+
+  bool finished() const { return finished_; }
+  FinishReason reason() const { return reason_; }
+  // The ids of the next forward pass: up to max_chunk ids of the prompt not yet fed, or the token
+  // to feed. Call only while !finished().
+  void input(int max_chunk, const int32_t** ids, int* n) const;
+  bool prefilling() const { return fed_ < prompt_.size(); }
+  int prompt_length() const { return int(prompt_.size()); }
+  int prompt_left() const { return int(prompt_.size() - fed_); }
+  // Greedy without a repetition penalty: the backend may pick the token (forward_argmax).
+  bool argmax_ok() const { return argmax_ok_; }
+  void no_argmax() { argmax_ok_ = false; }  // the backend does not implement it
+  // After the forward pass of input()'s n ids: `token` when the backend chose the token (argmax),
+  // else `logits` ([vocab], modified in place by the sampler).
+  void advance(int n, float* logits, const int32_t* token, const std::atomic<bool>& abort, const TokenFn& on_token);
+  // Ends the generation as aborted when `abort` is set (checked before each forward pass).
+  bool check_abort(const std::atomic<bool>& abort);
+
+ private:
+  void finish(FinishReason r) {
+    finished_ = true;
+    reason_ = r;
+  }
+  KvCache& cache_;
+  std::vector<int32_t> prompt_;
+  const GenerateOptions& opt_;
+  int vocab_;
+  size_t fed_ = 0;         // prompt ids fed so far
+  int32_t next_ = 0;       // the generated token to feed next (once the prompt is in)
+  Rng rng_;
+  std::vector<int32_t> generated_;
+  bool argmax_ok_;
+  bool finished_ = false;
+  FinishReason reason_ = FinishReason::Stop;
+};
 
 // Feeds `prompt` into `cache` (which may already hold earlier tokens) and generates.
 // The last generated token is reported but not fed (as in Hugging Face's generate).

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "engine.h"
 #include "error.h"
 
 namespace qwen {
@@ -18,6 +19,10 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   m->checkpoint_ = Checkpoint::open(dir);
   m->weights_ = bind_weights(*m->checkpoint_, m->cfg_);
   m->context_length_ = opt.context_length > 0 ? opt.context_length : m->cfg_.seq_length;
+  if (opt.max_batch < 1) throw Error("maxBatch must be at least 1, got " + std::to_string(opt.max_batch));
+  if (opt.max_queue < 0) throw Error("maxQueue must be at least 0, got " + std::to_string(opt.max_queue));
+  m->max_batch_ = opt.max_batch;
+  m->max_queue_ = opt.max_queue;
   BackendOptions bopt = opt.backend;
   if (opt.kv_cache == "int8" || (opt.kv_cache == "auto" && m->cfg_.use_cache_quantization)) bopt.kv_cache = KvCacheType::Int8;
   else if (opt.kv_cache == "float" || opt.kv_cache == "auto") bopt.kv_cache = KvCacheType::Float;
@@ -25,8 +30,6 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   if (opt.device == "cpu") {
     m->backend_ = make_cpu_backend(m->cfg_, m->weights_, bopt, progress);
   } else if (opt.device == "cuda") {
-    // The CUDA kernels implement SPEC 3 (fused c_attn, MHA, NTK/logn) only; they do not have GQA,
-    // separate q/k/v or q/k norms yet. Refuse before any GPU memory is touched.
     if (m->cfg_.family != ModelFamily::QwenV1)
       throw Error(dir + "/config.json: model_type \"" + m->cfg_.model_type +
                   "\" is not supported on device cuda yet (the CUDA backend runs model_type \"qwen\" only); "
@@ -38,13 +41,20 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   return m;
 }
 
+Model::~Model() { engine_.reset(); }
+
+Engine& Model::engine() {
+  std::lock_guard<std::mutex> lock(engine_mu_);
+  if (!engine_) engine_ = std::make_unique<Engine>(*this, max_batch_, max_queue_);
+  return *engine_;
+}
+
 std::unique_ptr<KvCache> Model::new_cache() {
   std::lock_guard<std::mutex> lock(mu_);
   return backend_->new_cache(context_length_);
 }
 
-template <typename Run>
-bool Model::step(KvCache& cache, const int32_t* ids, int n, Run run) {
+void Model::validate(const KvCache& cache, const int32_t* ids, int n) const {
   if (n <= 0) throw Error("eval: no token ids given");
   for (int i = 0; i < n; i++)
     if (ids[i] < 0 || ids[i] >= cfg_.vocab_size)
@@ -53,6 +63,11 @@ bool Model::step(KvCache& cache, const int32_t* ids, int n, Run run) {
   if (cache.length + n > cache.capacity)
     throw Error("context length exceeded: " + std::to_string(cache.length) + " tokens in the sequence + " +
                 std::to_string(n) + " new > contextLength " + std::to_string(cache.capacity));
+}
+
+template <typename Run>
+bool Model::step(KvCache& cache, const int32_t* ids, int n, Run run) {
+  validate(cache, ids, n);
   std::lock_guard<std::mutex> lock(mu_);
   // qwen2/qwen3 configs set use_dynamic_ntk false: alpha stays 1 and rope uses rope_theta as is.
   // (Set even when `run` declines: forward sets the same value from the same n.)
@@ -72,6 +87,21 @@ void Model::forward(KvCache& cache, const int32_t* ids, int n, float* logits, bo
 
 bool Model::forward_argmax(KvCache& cache, const int32_t* ids, int n, int32_t* token_out) {
   return step(cache, ids, n, [&] { return backend_->forward_argmax(cache, ids, n, token_out); });
+}
+
+void Model::forward_batch(std::vector<BatchItem>& items) {
+  for (const BatchItem& it : items) validate(*it.cache, it.ids, it.n);
+  std::lock_guard<std::mutex> lock(mu_);
+  for (BatchItem& it : items) {
+    it.argmax = false;
+    if (it.cache->length == 0)
+      it.cache->ntk_alpha = cfg_.use_dynamic_ntk ? rope_ntk_alpha(it.ntk_len > 0 ? it.ntk_len : it.n, cfg_.seq_length) : 1.0;
+  }
+  backend_->forward_batch(items);
+  for (BatchItem& it : items) {
+    it.cache->length += it.n;
+    it.cache->tokens.insert(it.cache->tokens.end(), it.ids, it.ids + it.n);
+  }
 }
 
 }  // namespace qwen

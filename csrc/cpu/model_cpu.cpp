@@ -130,29 +130,84 @@ class CpuBackend : public Backend {
 
   void forward(KvCache& base_cache, const int32_t* ids, int T, float* logits, bool all_logits) override {
     CpuCache& cache = static_cast<CpuCache&>(base_cache);
-    if (cfg_.family != ModelFamily::QwenV1) return forward_qwen2(cache, ids, T, logits, all_logits);
-    const int H = cfg_.hidden_size, n = cfg_.num_heads, d = cfg_.head_dim, F = cfg_.ffn_size, V = cfg_.vocab_size;
-    const int pos0 = cache.length;
-    std::vector<float> x(size_t(T) * H), h(size_t(T) * H), qkv(size_t(T) * 3 * H), att(size_t(T) * H), tmp(size_t(T) * H);
+    const int H = cfg_.hidden_size;
+    std::vector<Seg> segs = {{&cache, 0, T, cache.length}};
+    std::vector<float> x(size_t(T) * H), h(size_t(T) * H);
+    layers(segs, ids, T, x);
+    // Only the rows whose logits are wanted go through ln_f and lm_head.
+    const int first = all_logits ? 0 : T - 1;
+    const int rows = T - first;
+    cpu::rmsnorm(h.data(), x.data() + int64_t(first) * H, lnf_.data(), rows, H, cfg_.rms_eps);
+    cpu::linear(logits, h.data(), w_.lm_head, rows, pool_);
+  }
+
+  // Every item's tokens are rows of one [sum n, H] activation matrix through the embedding, the
+  // norms, every linear (each weight row read once for all the sequences) and the MLP; rope,
+  // logn, the KV append and attention run per item on its own cache and positions. Each row's
+  // arithmetic is the same whatever the other rows are (linear dots a weight row with each input
+  // row in the same order for any T), so every item's logits equal forward's on it alone.
+  void forward_batch(std::vector<BatchItem>& items) override {
+    const int H = cfg_.hidden_size, V = cfg_.vocab_size;
+    const int B = int(items.size());
+    std::vector<Seg> segs;
+    std::vector<int32_t> ids;
+    int T = 0;
+    for (BatchItem& it : items) {
+      CpuCache* c = static_cast<CpuCache*>(it.cache);
+      segs.push_back({c, T, it.n, c->length});
+      ids.insert(ids.end(), it.ids, it.ids + it.n);
+      T += it.n;
+      it.argmax = false;
+    }
+    std::vector<float> x(size_t(T) * H), h(size_t(B) * H), out(size_t(B) * V);
+    layers(segs, ids.data(), T, x);
+    for (int b = 0; b < B; b++) {
+      const Seg& s = segs[size_t(b)];
+      cpu::rmsnorm(h.data() + int64_t(b) * H, x.data() + int64_t(s.row0 + s.n - 1) * H, lnf_.data(), 1, H, cfg_.rms_eps);
+    }
+    cpu::linear(out.data(), h.data(), w_.lm_head, B, pool_);
+    for (int b = 0; b < B; b++)
+      std::memcpy(items[size_t(b)].logits, out.data() + int64_t(b) * V, size_t(V) * sizeof(float));
+  }
+
+  int prefill_chunk() const override { return 512; }
+
+ private:
+  // One sequence's rows in a batch: rows row0 .. row0+n-1 at positions pos0.. of `cache`.
+  struct Seg {
+    CpuCache* cache;
+    int row0, n, pos0;
+  };
+
+  // The decoder layers over ids [T] (the segments' rows, back to back): x [T, H] ends as the
+  // hidden states before ln_f.
+  void layers(const std::vector<Seg>& segs, const int32_t* ids, int T, std::vector<float>& x) {
+    if (cfg_.family != ModelFamily::QwenV1) return layers_qwen2(segs, ids, T, x);
+    const int H = cfg_.hidden_size, n = cfg_.num_heads, d = cfg_.head_dim, F = cfg_.ffn_size;
+    std::vector<float> h(size_t(T) * H), qkv(size_t(T) * 3 * H), att(size_t(T) * H), tmp(size_t(T) * H);
     std::vector<float> a(size_t(T) * F), b(size_t(T) * F);
     cpu::embedding(x.data(), w_.wte, ids, T);
     for (int l = 0; l < cfg_.num_layers; l++) {
       const LayerWeights& lw = w_.layers[size_t(l)];
       cpu::rmsnorm(h.data(), x.data(), ln1_[size_t(l)].data(), T, H, cfg_.rms_eps);
       cpu::linear(qkv.data(), h.data(), lw.c_attn, T, pool_);  // [T, 3H] = q | k | v
-      float* q = qkv.data();
-      float* k = qkv.data() + H;
-      float* v = qkv.data() + 2 * H;
-      cpu::rope(q, 3 * H, T, n, d, pos0, cfg_.rope_base, cache.ntk_alpha);
-      cpu::rope(k, 3 * H, T, n, d, pos0, cfg_.rope_base, cache.ntk_alpha);
-      if (cfg_.use_logn_attn)
-        for (int t = 0; t < T; t++) {
-          float s = logn_scale(pos0 + t, cfg_.seq_length);
-          if (s != 1.0f)
-            for (int i = 0; i < H; i++) q[int64_t(t) * 3 * H + i] *= s;
-        }
-      for (int t = 0; t < T; t++) cache.append(l, pos0 + t, k + int64_t(t) * 3 * H, v + int64_t(t) * 3 * H);
-      cache.attention(att.data(), q, 3 * H, n, l, T, pos0, pool_);
+      for (const Seg& sg : segs) {
+        CpuCache& cache = *sg.cache;
+        const int pos0 = sg.pos0, Ts = sg.n;
+        float* q = qkv.data() + int64_t(sg.row0) * 3 * H;
+        float* k = q + H;
+        float* v = q + 2 * H;
+        cpu::rope(q, 3 * H, Ts, n, d, pos0, cfg_.rope_base, cache.ntk_alpha);
+        cpu::rope(k, 3 * H, Ts, n, d, pos0, cfg_.rope_base, cache.ntk_alpha);
+        if (cfg_.use_logn_attn)
+          for (int t = 0; t < Ts; t++) {
+            float s = logn_scale(pos0 + t, cfg_.seq_length);
+            if (s != 1.0f)
+              for (int i = 0; i < H; i++) q[int64_t(t) * 3 * H + i] *= s;
+          }
+        for (int t = 0; t < Ts; t++) cache.append(l, pos0 + t, k + int64_t(t) * 3 * H, v + int64_t(t) * 3 * H);
+        cache.attention(att.data() + int64_t(sg.row0) * H, q, 3 * H, n, l, Ts, pos0, pool_);
+      }
       cpu::linear(tmp.data(), att.data(), lw.attn_c_proj, T, pool_);
       for (size_t i = 0; i < x.size(); i++) x[i] += tmp[i];
       cpu::rmsnorm(h.data(), x.data(), ln2_[size_t(l)].data(), T, H, cfg_.rms_eps);
@@ -162,22 +217,15 @@ class CpuBackend : public Backend {
       cpu::linear(tmp.data(), a.data(), lw.mlp_c_proj, T, pool_);
       for (size_t i = 0; i < x.size(); i++) x[i] += tmp[i];
     }
-    // Only the rows whose logits are wanted go through ln_f and lm_head.
-    const int first = all_logits ? 0 : T - 1;
-    const int rows = T - first;
-    cpu::rmsnorm(h.data(), x.data() + int64_t(first) * H, lnf_.data(), rows, H, cfg_.rms_eps);
-    cpu::linear(logits, h.data(), w_.lm_head, rows, pool_);
-    (void)V;
   }
 
   // SPEC 10 (qwen2/qwen3): separate q/k/v linears (bias per the config), qwen3's per-head q/k
   // RMSNorm before rope, rope with rope_theta (no NTK, no logn), GQA over n_kv cached KV heads,
   // o_proj from n*d; the MLP slots hold up (w1), gate (w2, the silu one) and down (mlp_c_proj).
-  void forward_qwen2(CpuCache& cache, const int32_t* ids, int T, float* logits, bool all_logits) {
+  void layers_qwen2(const std::vector<Seg>& segs, const int32_t* ids, int T, std::vector<float>& x) {
     const int H = cfg_.hidden_size, n = cfg_.num_heads, nkv = cfg_.num_kv_heads, d = cfg_.head_dim, F = cfg_.ffn_size;
     const int Q = cfg_.q_size(), KV = cfg_.kv_size();
-    const int pos0 = cache.length;
-    std::vector<float> x(size_t(T) * H), h(size_t(T) * H), tmp(size_t(T) * H);
+    std::vector<float> h(size_t(T) * H), tmp(size_t(T) * H);
     std::vector<float> q(size_t(T) * Q), k(size_t(T) * KV), v(size_t(T) * KV), att(size_t(T) * Q);
     std::vector<float> a(size_t(T) * F), b(size_t(T) * F);
     cpu::embedding(x.data(), w_.wte, ids, T);
@@ -189,10 +237,17 @@ class CpuBackend : public Backend {
       cpu::linear(v.data(), h.data(), lw.v_proj, T, pool_);
       if (!qn_[size_t(l)].empty()) cpu::rmsnorm(q.data(), q.data(), qn_[size_t(l)].data(), T * n, d, cfg_.rms_eps);
       if (!kn_[size_t(l)].empty()) cpu::rmsnorm(k.data(), k.data(), kn_[size_t(l)].data(), T * nkv, d, cfg_.rms_eps);
-      cpu::rope(q.data(), Q, T, n, d, pos0, cfg_.rope_base, 1.0);
-      cpu::rope(k.data(), KV, T, nkv, d, pos0, cfg_.rope_base, 1.0);
-      for (int t = 0; t < T; t++) cache.append(l, pos0 + t, k.data() + int64_t(t) * KV, v.data() + int64_t(t) * KV);
-      cache.attention(att.data(), q.data(), Q, n, l, T, pos0, pool_);
+      for (const Seg& sg : segs) {
+        CpuCache& cache = *sg.cache;
+        const int pos0 = sg.pos0, Ts = sg.n;
+        float* qs = q.data() + int64_t(sg.row0) * Q;
+        float* ks = k.data() + int64_t(sg.row0) * KV;
+        float* vs = v.data() + int64_t(sg.row0) * KV;
+        cpu::rope(qs, Q, Ts, n, d, pos0, cfg_.rope_base, 1.0);
+        cpu::rope(ks, KV, Ts, nkv, d, pos0, cfg_.rope_base, 1.0);
+        for (int t = 0; t < Ts; t++) cache.append(l, pos0 + t, ks + int64_t(t) * KV, vs + int64_t(t) * KV);
+        cache.attention(att.data() + int64_t(sg.row0) * Q, qs, Q, n, l, Ts, pos0, pool_);
+      }
       cpu::linear(tmp.data(), att.data(), lw.attn_c_proj, T, pool_);
       for (size_t i = 0; i < x.size(); i++) x[i] += tmp[i];
       cpu::rmsnorm(h.data(), x.data(), ln2_[size_t(l)].data(), T, H, cfg_.rms_eps);
@@ -202,13 +257,8 @@ class CpuBackend : public Backend {
       cpu::linear(tmp.data(), a.data(), lw.mlp_c_proj, T, pool_);  // down
       for (size_t i = 0; i < x.size(); i++) x[i] += tmp[i];
     }
-    const int first = all_logits ? 0 : T - 1;
-    const int rows = T - first;
-    cpu::rmsnorm(h.data(), x.data() + int64_t(first) * H, lnf_.data(), rows, H, cfg_.rms_eps);
-    cpu::linear(logits, h.data(), w_.lm_head, rows, pool_);
   }
 
- private:
   const ModelConfig cfg_;
   const ModelWeights w_;
   cpu::ThreadPool pool_;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "../core/engine.h"
 #include "../core/error.h"
 
 namespace qwen::napi {
@@ -127,6 +128,8 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
     opt.backend.device_index = int_opt(o, "deviceIndex", 0);
     opt.context_length = int_opt(o, "contextLength", 0);
     opt.kv_cache = str_opt(o, "kvCache", "auto");
+    opt.max_batch = int_opt(o, "maxBatch", opt.max_batch);
+    opt.max_queue = int_opt(o, "maxQueue", opt.max_queue);
   }
   auto* job = new LoadJob(env);
   job->dir = info[0].As<Napi::String>().Utf8Value();
@@ -196,6 +199,7 @@ Napi::Function NativeModel::Init(Napi::Env env) {
                       InstanceMethod<&NativeModel::ContextLength>("contextLength"),
                       InstanceMethod<&NativeModel::Memory>("memory"),
                       InstanceMethod<&NativeModel::CreateSequence>("createSequence"),
+                      InstanceMethod<&NativeModel::BatchStats>("batchStats"),
                       InstanceMethod<&NativeModel::Dispose>("dispose")});
 }
 
@@ -254,6 +258,19 @@ Napi::Value NativeModel::Memory(const Napi::CallbackInfo& info) {
   o.Set("kvCache", double(r.kv_cache));
   o.Set("workspace", double(r.workspace));
   o.Set("hostWeights", double(r.host_weights));
+  return o;
+}
+
+// batchStats() -> { steps, items, maxItems, tokens, requests }: the engine's counters (zeros
+// before the first generation). Never waits for a forward pass.
+Napi::Value NativeModel::BatchStats(const Napi::CallbackInfo& info) {
+  EngineStats s = live("batchStats")->engine().stats();
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("steps", double(s.steps));
+  o.Set("items", double(s.items));
+  o.Set("maxItems", double(s.max_items));
+  o.Set("tokens", double(s.tokens));
+  o.Set("requests", double(s.requests));
   return o;
 }
 

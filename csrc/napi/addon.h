@@ -50,6 +50,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   Napi::Value ContextLength(const Napi::CallbackInfo& info);
   Napi::Value Memory(const Napi::CallbackInfo& info);
   Napi::Value CreateSequence(const Napi::CallbackInfo& info);
+  Napi::Value BatchStats(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
 };
 

@@ -1,5 +1,10 @@
-// NativeSequence: one KV cache and the jobs run on it (eval, generate), one at a time, each on
-// its own native thread. Generated tokens stream to JS through a thread-safe function.
+// NativeSequence: one KV cache and the jobs run on it (eval, generate), one at a time. An eval
+// runs on its own native thread; a generation is a request to the model's engine (core/engine.h),
+// whose thread steps it together with the model's other generations. Generated tokens stream to
+// JS through a thread-safe function.
+#include <condition_variable>
+
+#include "../core/engine.h"
 #include "../core/error.h"
 #include "addon.h"
 
@@ -30,6 +35,10 @@ struct SeqJob {
   std::vector<float> logits;
   std::string error;
   FinishReason reason = FinishReason::Stop;
+  // generate: whether the engine has let go of the job (its last touch is setting this).
+  std::mutex engine_mu;
+  std::condition_variable engine_cv;
+  bool engine_done = true;
 };
 
 std::mutex& state_mutex() {
@@ -84,6 +93,67 @@ void acquire(Napi::Env env, NativeSequence::State& st, const char* what, std::sh
   st.abort = false;
 }
 
+// A generation: the engine runs it; on_done (on the engine's thread) ends it as start's thread
+// does an eval. The job, which holds the model, is deleted by the thread-safe function's finalizer
+// on the JS thread, so a model's last reference never goes on its engine's own thread (whose
+// destructor joins it).
+void submit_generate(Napi::Env env, SeqJob* job, Napi::Function cb) {
+  NativeSequence::State& st = *job->st;
+  {
+    std::lock_guard<std::mutex> lock(job->handle->mu);
+    job->handle->aborts.insert(&st.abort);
+  }
+  job->engine_done = false;
+  job->tsfn = SeqTsfn::New(env, cb, "qwen-native:sequence", 0, 1, job, [](Napi::Env, void*, SeqJob* j) {
+    // At environment teardown this runs while the engine may still hold the request: stop it and
+    // wait (one step at most) until the engine lets go.
+    j->st->abort = true;
+    {
+      std::unique_lock<std::mutex> lock(j->engine_mu);
+      j->engine_cv.wait(lock, [j] { return j->engine_done; });
+    }
+    delete j;  // a disposed model's last reference goes here (its engine thread is idle then)
+  });
+  auto release = [job] {
+    NativeSequence::State& s = *job->st;
+    {
+      std::lock_guard<std::mutex> lock(job->handle->mu);
+      job->handle->aborts.erase(&s.abort);
+    }
+    std::lock_guard<std::mutex> lock(state_mutex());
+    if (s.disposed) s.cache.reset();
+    s.busy = false;
+  };
+  GenerateRequest r;
+  r.prompt = job->ids;
+  r.options = job->gopt;
+  r.abort = &st.abort;
+  r.cache = &st.cache;
+  r.on_token = [job](int32_t tok, bool stop) { job->tsfn.BlockingCall(new SeqEvent{SeqEvent::Token, tok, stop}); };
+  r.on_done = [job, release](FinishReason reason, const std::string& error) {
+    job->reason = reason;
+    job->error = error;
+    release();
+    job->tsfn.BlockingCall(new SeqEvent{SeqEvent::Done});
+    job->tsfn.Release();
+    std::lock_guard<std::mutex> lock(job->engine_mu);
+    job->engine_done = true;
+    job->engine_cv.notify_all();
+  };
+  try {
+    job->model->engine().submit(std::move(r));
+  } catch (const std::exception& e) {
+    release();
+    {
+      std::lock_guard<std::mutex> lock(job->engine_mu);
+      job->engine_done = true;
+    }
+    std::string msg = e.what();
+    job->tsfn.Release();  // its finalizer deletes the job
+    throw Napi::Error::New(env, msg);
+  }
+}
+
 void start(Napi::Env env, SeqJob* job, Napi::Function cb) {
   {
     std::lock_guard<std::mutex> lock(job->handle->mu);
@@ -97,15 +167,9 @@ void start(Napi::Env env, SeqJob* job, Napi::Function cb) {
     NativeSequence::State& st = *job->st;
     try {
       if (!st.cache) st.cache = job->model->new_cache();
-      if (job->generate) {
-        job->reason = qwen::generate(*job->model, *st.cache, job->ids, job->gopt, st.abort, [job](int32_t tok, bool stop) {
-          job->tsfn.BlockingCall(new SeqEvent{SeqEvent::Token, tok, stop});
-        });
-      } else {
-        const int V = job->model->config().vocab_size;
-        job->logits.resize(size_t(V) * (job->all_logits ? job->ids.size() : 1));
-        job->model->forward(*st.cache, job->ids.data(), int(job->ids.size()), job->logits.data(), job->all_logits);
-      }
+      const int V = job->model->config().vocab_size;
+      job->logits.resize(size_t(V) * (job->all_logits ? job->ids.size() : 1));
+      job->model->forward(*st.cache, job->ids.data(), int(job->ids.size()), job->logits.data(), job->all_logits);
     } catch (const std::exception& e) {
       job->error = e.what();
     }
@@ -214,7 +278,7 @@ Napi::Value NativeSequence::Generate(const Napi::CallbackInfo& info) {
   acquire(env, *state, "generate", &job->model);
   job->st = state;
   job->handle = state->handle;
-  start(env, guard.release(), info[2].As<Napi::Function>());
+  submit_generate(env, guard.release(), info[2].As<Napi::Function>());
   return env.Undefined();
 }
 
