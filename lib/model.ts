@@ -261,9 +261,9 @@ export class Model {
     if (!fs.existsSync(abs) || !fs.statSync(abs).isDirectory()) throw new Error(`Model.load: ${abs} is not a folder`);
     const addon = native();
     const modelType = readModelType(abs);
-    // The CUDA backend runs model_type "qwen" only for now (the core refuses the others on 'cuda'):
-    // 'auto' takes the CPU for qwen2/qwen3 checkpoints.
-    const cudaFamily = modelType === 'qwen';
+    // The CUDA backend runs every family we load (qwen, qwen2, qwen3): 'auto' takes the GPU when
+    // there is one.
+    const cudaFamily = modelType === 'qwen' || modelType === 'qwen2' || modelType === 'qwen3';
     const useCuda = device === 'cuda' || (device === 'auto' && cudaFamily && addon.cudaCompiled() && addon.cudaDeviceCount() > 0);
     const gen = (readJsonIfExists(path.join(abs, 'generation_config.json')) ?? {}) as GenerationConfig;
     // qwen2/qwen3: the chat template (read now, so a bad file fails before the weights load).

@@ -4,7 +4,8 @@
 // GQA (4 query heads over 2 KV heads), tied and untied embeddings, qwen3's q/k norm and explicit
 // head_dim (64, so n*d = 256 != hidden 128), and a qwen2 GPTQ int4 checkpoint.
 //
-// Tolerance as test/fixtures.test.mjs: fp32 on the CPU, relative error per step < 1e-5.
+// Tolerance as test/fixtures.test.mjs: fp32 on the CPU, relative error per step < 1e-5; under
+// QWEN_DEVICE=cuda the same tests run on the CUDA backend (bf16/fp16 activations) with REL_TOL 3e-2.
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -44,7 +45,6 @@ async function teacherForce(model, dir, label) {
 
 for (const name of FIXTURES) {
   test(`${name}: teacher-forced logits, every position and greedy ids match transformers (${device})`, async (t) => {
-    if (device !== 'cpu') return t.skip('the CUDA backend refuses qwen2/qwen3 checkpoints for now');
     const model = await Model.load(qfixture(name), { device, contextLength: 256 });
     t.after(() => model.dispose());
     const cfg = readJson(path.join(qfixture(name), 'config.json'));
@@ -73,8 +73,8 @@ for (const name of FIXTURES) {
   });
 }
 
-test('qwen2: chunked prefill equals one-shot prefill, and the int8 KV cache stays close (cpu)', async (t) => {
-  const model = await Model.load(qfixture('tiny-qwen2-tied'), { device: 'cpu', contextLength: 256 });
+test(`qwen2: chunked prefill equals one-shot prefill, and the int8 KV cache stays close (${device})`, async (t) => {
+  const model = await Model.load(qfixture('tiny-qwen2-tied'), { device, contextLength: 256 });
   t.after(() => model.dispose());
   const prompt = readJson(path.join(qfixture('tiny-qwen2-tied'), 'expected.json')).cases[1].prompt.slice(0, 60);
   const one = await model.createSequence().eval(prompt);
@@ -82,13 +82,17 @@ test('qwen2: chunked prefill equals one-shot prefill, and the int8 KV cache stay
   await b.eval(prompt.slice(0, 7));
   await b.eval(prompt.slice(7, 31));
   const chunked = await b.eval(prompt.slice(31));
-  assert.ok(errors(chunked, one).rel < 1e-5);
-  const m8 = await Model.load(qfixture('tiny-qwen2-tied'), { device: 'cpu', contextLength: 256, kvCache: 'int8' });
+  // CUDA: chunks run other kernels (decode-shaped vs prefill-shaped) in bf16: 1e-2 (as test_ops.cu).
+  const chunkTol = device === 'cpu' ? 1e-5 : 1e-2;
+  assert.ok(errors(chunked, one).rel < chunkTol, `chunked prefill relative error ${errors(chunked, one).rel}`);
+  const m8 = await Model.load(qfixture('tiny-qwen2-tied'), { device, contextLength: 256, kvCache: 'int8' });
   t.after(() => m8.dispose());
   const q = await m8.createSequence().eval(prompt);
   const e = errors(q, one);
   assert.ok(e.rel < 2e-2, `int8 KV relative error ${e.rel}`);
-  assert.equal(argmax(q), argmax(one));
+  // The argmax must agree wherever the top-2 margin is well above the measured difference.
+  const sorted = Array.from(one).sort((x, y) => y - x);
+  if (sorted[0] - sorted[1] > 2 * e.maxAbs) assert.equal(argmax(q), argmax(one));
 });
 
 // A copy of a fixture folder whose config.json is rewritten by `edit` (weights linked, not copied).
@@ -154,19 +158,21 @@ test('unsupported architectures get an error that names them and lists the suppo
   await assert.rejects(Model.load(kv4, { device: 'cpu' }), /self_attn\.k_proj\.weight has shape \[64, 128\]/);
 });
 
-test('the CUDA backend refuses qwen2/qwen3 checkpoints with a clear error (until it supports them)', async () => {
-  // Straight to the addon: lib/model.ts may stop earlier when this build has no CUDA at all, but the
-  // core checks the model family before it asks the backend for anything, so this runs everywhere.
+test('device cuda takes qwen2/qwen3 checkpoints (no family refusal)', async () => {
+  // Straight to the addon: lib/model.ts may stop earlier when this build has no CUDA at all. With a
+  // GPU the load succeeds (the tests above run the models under QWEN_DEVICE=cuda); without one the
+  // error is about CUDA being unavailable, never about the model family.
   const raw = createRequire(import.meta.url)('node-gyp-build')(repoRoot);
   for (const name of ['tiny-qwen2-tied', 'tiny-qwen3-untied']) {
-    await assert.rejects(
-      raw.loadModel(qfixture(name), { device: 'cuda', deviceIndex: 0, contextLength: 0, threads: 0, kvCache: 'auto' }),
-      (err) => {
-        assert.match(err.message, /model_type "qwen[23]" is not supported on device cuda yet/);
-        assert.match(err.message, /device 'cpu'/);
-        return true;
-      },
-    );
+    let handle = null;
+    try {
+      handle = await raw.loadModel(qfixture(name), { device: 'cuda', deviceIndex: 0, contextLength: 0, threads: 0, kvCache: 'auto' });
+    } catch (err) {
+      assert.doesNotMatch(err.message, /model_type "qwen[23]" is not supported on device cuda/);
+      assert.match(err.message, /cuda|CUDA|GPU/);
+      if (device === 'cuda') throw err;  // on the GPU machine the load must succeed
+    }
+    handle?.dispose();
   }
 });
 

@@ -30,10 +30,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   if (opt.device == "cpu") {
     m->backend_ = make_cpu_backend(m->cfg_, m->weights_, bopt, progress);
   } else if (opt.device == "cuda") {
-    if (m->cfg_.family != ModelFamily::QwenV1)
-      throw Error(dir + "/config.json: model_type \"" + m->cfg_.model_type +
-                  "\" is not supported on device cuda yet (the CUDA backend runs model_type \"qwen\" only); "
-                  "load it with device 'cpu'");
+    // Every family runs on CUDA (qwen2/qwen3: GQA, stacked q/k/v, q/k norm; model_cuda.cu).
     m->backend_ = make_cuda_backend(m->cfg_, m->weights_, bopt, progress);
   } else {
     throw Error("device \"" + opt.device + "\" is not supported (supported: cpu, cuda)");

@@ -1,14 +1,18 @@
 // Split-KV ("flash-decoding") attention for the decode step, and the generic fallback for any
 // head_dim at prefill.
 // q [T, n, d] (bf16/fp16) at positions pos0.. (pos0 in device memory: the decode graph reads it
-// at replay); K/V cache [n, cap, d]; query t sees keys 0..pos0+t (causal). out [T, n, d].
-// Kernel 1, grid (n, splits, T), 128 threads: the block takes keys [s*kps, (s+1)*kps) of its
-// (head, query). A "key group" of d/8 lanes holds one key row (16 bytes per lane); a block has
+// at replay); K/V cache [n_kv, cap, d] (GQA: query head h reads KV head h / (n / n_kv)); query t
+// sees keys 0..pos0+t (causal). out [T, n, d].
+// Kernel 1, grid (n / gc, splits, T), 128 threads: the block takes keys [s*kps, (s+1)*kps) of
+// one KV head for gc of its query heads (gc: the largest divisor of n / n_kv up to 8; 1 for MHA)
+// and one query. A "key group" of d/8 lanes holds one key row (16 bytes per lane); a block has
 // 1024/d groups, each walking its keys two at a time (4 loads of 16 bytes in flight per lane)
-// with an fp32 online softmax (running max m, sum l, acc[d]). The groups merge in shared memory;
-// the block writes (m, l, acc) to `partial`, or the normalized output when splits == 1.
+// with an fp32 online softmax per query head (running max m, sum l, acc[d]): each K/V row is
+// loaded (and dequantized) once and serves the gc heads. The groups merge in shared memory; the
+// block writes (m, l, acc) per head to `partial`, or the normalized output when splits == 1.
 // Kernel 2, grid (n, T): merges the ranges that hold keys (ceil(len / kps) of them) in fp32.
 // Limits: d a power of two in [8, 256]; 1 <= splits; any cap and length.
+#include <algorithm>
 #include <cmath>
 
 #include "ops.cuh"
@@ -43,13 +47,16 @@ template <typename T, bool Q8> struct KvRead {
   }
 };
 
-template <typename T, bool Q8>
+// GM: the most query heads one block serves (a power of two >= gc, the runtime count): every key
+// and value row is read (and, for int8, dequantized) once per block and used by its gc heads.
+template <typename T, bool Q8, int GM>
 __global__ void __launch_bounds__(kThreads)
     attn_split_kernel(T* __restrict__ out, float* __restrict__ partial, const T* __restrict__ q, KvRead<T, Q8> Kr,
-                      KvRead<T, Q8> Vr, int cap, const int* __restrict__ pos0_dev, int n, int d, int splits, int kps,
-                      float scale) {
-  extern __shared__ float sm[];  // [groups][d + 2]: m, l, acc
-  const int h = blockIdx.x, sp = blockIdx.y, t = blockIdx.z;
+                      KvRead<T, Q8> Vr, int cap, const int* __restrict__ pos0_dev, int n, int n_kv, int gc, int d,
+                      int splits, int kps, float scale) {
+  extern __shared__ float sm[];  // [groups][gc][d + 2]: m, l, acc
+  const int h0 = blockIdx.x * gc, sp = blockIdx.y, t = blockIdx.z;
+  const int kvh = h0 / (n / n_kv);
   const int len = *pos0_dev + t + 1;
   const int k_begin = sp * kps, k_end = min(k_begin + kps, len);
   if (k_begin >= k_end) return;  // a range past the length (splits > 1): the combine skips it
@@ -57,13 +64,26 @@ __global__ void __launch_bounds__(kThreads)
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = warp * gpw + lane / lpk, sub = lane % lpk;
 
-  float qf[8];
-  unpack8<T>(*reinterpret_cast<const uint4*>(q + (int64_t(t) * n + h) * d + sub * 8), qf);
-  const int64_t hrow = int64_t(h) * cap;
-
-  float m = -INFINITY, l = 0.0f, acc[8];
+  float qf[GM][8];
 #pragma unroll
-  for (int i = 0; i < 8; i++) acc[i] = 0.0f;
+  for (int a = 0; a < GM; a++) {
+    if (a < gc) {
+      unpack8<T>(*reinterpret_cast<const uint4*>(q + (int64_t(t) * n + h0 + a) * d + sub * 8), qf[a]);
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; i++) qf[a][i] = 0.0f;
+    }
+  }
+  const int64_t hrow = int64_t(kvh) * cap;
+
+  float m[GM], l[GM], acc[GM][8];
+#pragma unroll
+  for (int a = 0; a < GM; a++) {
+    m[a] = -INFINITY;
+    l[a] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; i++) acc[a][i] = 0.0f;
+  }
   // Trip count is uniform over the block so the shuffles below see every lane.
   for (int jb = k_begin; jb < k_end; jb += 2 * G) {
     const int j1 = jb + g, j2 = jb + G + g;
@@ -73,46 +93,68 @@ __global__ void __launch_bounds__(kThreads)
     const uint4 kb = Kr.raw(r2, d, sub * 8);
     const uint4 va = Vr.raw(r1, d, sub * 8);
     const uint4 vb = Vr.raw(r2, d, sub * 8);
-    float f[8], s1 = 0.0f, s2 = 0.0f;
+    float f[8], s1[GM], s2[GM];
     Kr.convert(ka, r1, f);
 #pragma unroll
-    for (int i = 0; i < 8; i++) s1 = fmaf(qf[i], f[i], s1);
+    for (int a = 0; a < GM; a++) {
+      s1[a] = 0.0f;
+#pragma unroll
+      for (int i = 0; i < 8; i++) s1[a] = fmaf(qf[a][i], f[i], s1[a]);
+    }
     Kr.convert(kb, r2, f);
 #pragma unroll
-    for (int i = 0; i < 8; i++) s2 = fmaf(qf[i], f[i], s2);
-    for (int o = lpk / 2; o > 0; o >>= 1) {
-      s1 += __shfl_xor_sync(0xffffffffu, s1, o);
-      s2 += __shfl_xor_sync(0xffffffffu, s2, o);
+    for (int a = 0; a < GM; a++) {
+      s2[a] = 0.0f;
+#pragma unroll
+      for (int i = 0; i < 8; i++) s2[a] = fmaf(qf[a][i], f[i], s2[a]);
     }
-    s1 = ok1 ? s1 * scale : -INFINITY;
-    s2 = ok2 ? s2 * scale : -INFINITY;
-    const float m_new = fmaxf(m, fmaxf(s1, s2));
-    if (m_new == -INFINITY) continue;  // this group had no key in this round
-    const float corr = expf(m - m_new), p1 = expf(s1 - m_new), p2 = expf(s2 - m_new);
-    l = l * corr + p1 + p2;
+    for (int o = lpk / 2; o > 0; o >>= 1) {
+#pragma unroll
+      for (int a = 0; a < GM; a++) {
+        s1[a] += __shfl_xor_sync(0xffffffffu, s1[a], o);
+        s2[a] += __shfl_xor_sync(0xffffffffu, s2[a], o);
+      }
+    }
     float fa[8], fb[8];
     Vr.convert(va, r1, fa);
     Vr.convert(vb, r2, fb);
 #pragma unroll
-    for (int i = 0; i < 8; i++) acc[i] = acc[i] * corr + p1 * fa[i] + p2 * fb[i];
-    m = m_new;
-  }
-  float* mine = sm + g * (d + 2);
-  if (sub == 0) {
-    mine[0] = m;
-    mine[1] = l;
+    for (int a = 0; a < GM; a++) {
+      const float x1 = ok1 ? s1[a] * scale : -INFINITY;
+      const float x2 = ok2 ? s2[a] * scale : -INFINITY;
+      const float m_new = fmaxf(m[a], fmaxf(x1, x2));
+      if (m_new == -INFINITY) continue;  // this group had no key in this round
+      const float corr = expf(m[a] - m_new), p1 = expf(x1 - m_new), p2 = expf(x2 - m_new);
+      l[a] = l[a] * corr + p1 + p2;
+#pragma unroll
+      for (int i = 0; i < 8; i++) acc[a][i] = acc[a][i] * corr + p1 * fa[i] + p2 * fb[i];
+      m[a] = m_new;
+    }
   }
 #pragma unroll
-  for (int i = 0; i < 8; i++) mine[2 + sub * 8 + i] = acc[i];
+  for (int a = 0; a < GM; a++) {
+    if (a >= gc) break;
+    float* mine = sm + (g * gc + a) * (d + 2);
+    if (sub == 0) {
+      mine[0] = m[a];
+      mine[1] = l[a];
+    }
+#pragma unroll
+    for (int i = 0; i < 8; i++) mine[2 + sub * 8 + i] = acc[a][i];
+  }
   __syncthreads();
 
-  float M = -INFINITY;
-  for (int i = 0; i < G; i++) M = fmaxf(M, sm[i * (d + 2)]);
-  float L = 0.0f;
-  for (int i = 0; i < G; i++) L += sm[i * (d + 2) + 1] * expf(sm[i * (d + 2)] - M);
-  for (int c = threadIdx.x; c < d; c += kThreads) {
-    float A = 0.0f;
-    for (int i = 0; i < G; i++) A += sm[i * (d + 2) + 2 + c] * expf(sm[i * (d + 2)] - M);
+  for (int e = threadIdx.x; e < gc * d; e += kThreads) {
+    const int a = e / d, c = e % d, h = h0 + a;
+    float M = -INFINITY;
+    for (int i = 0; i < G; i++) M = fmaxf(M, sm[(i * gc + a) * (d + 2)]);
+    float L = 0.0f, A = 0.0f;
+    for (int i = 0; i < G; i++) {
+      const float* p = sm + (i * gc + a) * (d + 2);
+      const float w = expf(p[0] - M);
+      L += p[1] * w;
+      A += p[2 + c] * w;
+    }
     if (splits == 1) {
       out[(int64_t(t) * n + h) * d + c] = from_f<T>(A / L);
     } else {
@@ -150,25 +192,47 @@ __global__ void __launch_bounds__(kThreads)
 
 namespace {
 
+template <typename E, bool Q8, int GM>
+void launch_split(E* out, float* partial, const E* q, KvRead<E, Q8> Kr, KvRead<E, Q8> Vr, int cap, const int* pos0_dev,
+                  int T, int n, int n_kv, int gc, int d, int splits, int kps, float scale, cudaStream_t s) {
+  const int groups = (kThreads / 32) * (32 / (d / 8));
+  const size_t smem = size_t(groups) * gc * (d + 2) * sizeof(float);
+  attn_split_kernel<E, Q8, GM><<<dim3(n / gc, splits, T), kThreads, smem, s>>>(out, partial, q, Kr, Vr, cap, pos0_dev,
+                                                                               n, n_kv, gc, d, splits, kps, scale);
+  CK_LAUNCH("attn_split_kernel");
+}
+
 template <bool Q8>
 void launch_decode(void* out, const void* q, const void* k, const float2* ksz, const void* v, const float2* vsz, int cap,
-                   const int* pos0_dev, int T, int n, int d, int splits, float* partial, DT dt, cudaStream_t s) {
+                   const int* pos0_dev, int T, int n, int n_kv, int d, int splits, float* partial, DT dt,
+                   cudaStream_t s) {
   if (d < 8 || d > 256 || (d & (d - 1)) != 0)
     throw Error("cuda: attention supports head_dim 8, 16, 32, 64, 128 or 256 (got " + std::to_string(d) + ")");
+  if (n_kv < 1 || n % n_kv != 0)
+    throw Error("cuda: attention over " + std::to_string(n) + " query heads and " + std::to_string(n_kv) +
+                " KV heads (n_kv must divide n)");
   if (splits < 1) splits = 1;
   const int kps = ceil_div(cap, splits);
-  const int groups = (kThreads / 32) * (32 / (d / 8));
-  const size_t smem = size_t(groups) * (d + 2) * sizeof(float);
+  // Query heads per block: the largest divisor of the group size g = n / n_kv up to 8 (shared
+  // memory [groups][gc][d + 2] floats stays under 41 KB for every d).
+  const int g = n / n_kv;
+  int gc = std::min(g, 8);
+  while (g % gc != 0) gc--;
   const float scale = 1.0f / std::sqrt(float(d));
-  dim3 grid(n, splits, T);
   QWEN_DISPATCH_DT(dt, E, {
     KvRead<E, Q8> Kr{k, ksz}, Vr{v, vsz};
-    attn_split_kernel<E, Q8><<<grid, kThreads, smem, s>>>(static_cast<E*>(out), partial, static_cast<const E*>(q), Kr,
-                                                          Vr, cap, pos0_dev, n, d, splits, kps, scale);
-    CK_LAUNCH("attn_split_kernel");
+    E* o = static_cast<E*>(out);
+    const E* qq = static_cast<const E*>(q);
+    if (gc == 1)
+      launch_split<E, Q8, 1>(o, partial, qq, Kr, Vr, cap, pos0_dev, T, n, n_kv, gc, d, splits, kps, scale, s);
+    else if (gc == 2)
+      launch_split<E, Q8, 2>(o, partial, qq, Kr, Vr, cap, pos0_dev, T, n, n_kv, gc, d, splits, kps, scale, s);
+    else if (gc <= 4)
+      launch_split<E, Q8, 4>(o, partial, qq, Kr, Vr, cap, pos0_dev, T, n, n_kv, gc, d, splits, kps, scale, s);
+    else
+      launch_split<E, Q8, 8>(o, partial, qq, Kr, Vr, cap, pos0_dev, T, n, n_kv, gc, d, splits, kps, scale, s);
     if (splits > 1) {
-      attn_combine_kernel<E><<<dim3(n, T), kThreads, 0, s>>>(static_cast<E*>(out), partial, pos0_dev, n, d, splits,
-                                                             kps);
+      attn_combine_kernel<E><<<dim3(n, T), kThreads, 0, s>>>(o, partial, pos0_dev, n, d, splits, kps);
       CK_LAUNCH("attn_combine_kernel");
     }
   });
@@ -177,14 +241,15 @@ void launch_decode(void* out, const void* q, const void* k, const float2* ksz, c
 }  // namespace
 
 void attention_decode(void* out, const void* q, const void* k_cache, const void* v_cache, int cap, const int* pos0_dev,
-                      int T, int n, int d, int splits, float* partial, DT dt, cudaStream_t s) {
-  launch_decode<false>(out, q, k_cache, nullptr, v_cache, nullptr, cap, pos0_dev, T, n, d, splits, partial, dt, s);
+                      int T, int n, int n_kv, int d, int splits, float* partial, DT dt, cudaStream_t s) {
+  launch_decode<false>(out, q, k_cache, nullptr, v_cache, nullptr, cap, pos0_dev, T, n, n_kv, d, splits, partial, dt,
+                       s);
 }
 
 void attention_decode_int8(void* out, const void* q, KvQ8 k_cache, KvQ8 v_cache, int cap, const int* pos0_dev, int T,
-                           int n, int d, int splits, float* partial, DT dt, cudaStream_t s) {
-  launch_decode<true>(out, q, k_cache.q, k_cache.sz, v_cache.q, v_cache.sz, cap, pos0_dev, T, n, d, splits, partial, dt,
-                      s);
+                           int n, int n_kv, int d, int splits, float* partial, DT dt, cudaStream_t s) {
+  launch_decode<true>(out, q, k_cache.q, k_cache.sz, v_cache.q, v_cache.sz, cap, pos0_dev, T, n, n_kv, d, splits,
+                      partial, dt, s);
 }
 
 }  // namespace qwen::cuda

@@ -1,9 +1,12 @@
 // Prefill attention: tiled causal flash attention on tensor cores, any pos0 (a non-empty cache:
 // chunked prefill equals one-shot prefill).
-// q [T, n, d] (bf16/fp16) at positions pos0..pos0+T-1; K/V cache [n, cap, d] already holding
+// q [T, n, d] (bf16/fp16) at positions pos0..pos0+T-1; K/V cache [n_kv, cap, d] already holding
 // positions 0..pos0+T-1; query t sees keys 0..pos0+t. out [T, n, d].
-// Design (FlashAttention-2 style): grid (ceil(T/64), n), 4 warps; a block owns 64 query rows of
-// one head, each warp 16 rows whose Q fragments stay in registers. Key/value tiles of 64 rows
+// Design (FlashAttention-2 style): grid (ceil(T*g/64), n_kv), 4 warps; a block owns 64 query rows
+// of one KV head, each warp 16 rows whose Q fragments stay in registers. GQA (g = n / n_kv query
+// heads per KV head): row r of a KV head's query matrix is (token r / g, query head hk*g + r % g),
+// each row with its own causal limit, so the K/V tiles a block loads into shared memory serve all
+// g heads of the group (MHA: g = 1, rows = tokens). Key/value tiles of 64 rows
 // stream through a 2-deep cp.async double buffer. S = Q K^T and O += P V are mma.sync.m16n8k16
 // with fp32 accumulators; the S accumulators are re-packed in registers as the A operand of
 // P V (P rounded to bf16/fp16 there, as FlashAttention does); V's B operand comes from ldmatrix
@@ -29,24 +32,27 @@ template <typename T, int D, bool Q8>
 __global__ void __launch_bounds__(kThreads)
     flash_prefill_kernel(T* __restrict__ out, const T* __restrict__ q, const void* __restrict__ kc,
                          const void* __restrict__ vc, const float2* __restrict__ ksz, const float2* __restrict__ vsz,
-                         int cap, int pos0, int T_, int n, float scale_log2) {
+                         int cap, int pos0, int T_, int n, int g, float scale_log2) {
   constexpr int LD = D + 8, CPR = D / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);  // [BQ][LD]
   T* sK = sQ + BQ * LD;                    // [2][BKV][LD]
   T* sV = sK + 2 * BKV * LD;               // [2][BKV][LD]
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int h = blockIdx.y, t0 = blockIdx.x * BQ;
-  const int q_rows = min(BQ, T_ - t0);
-  const int kv_len = pos0 + t0 + q_rows;  // this block needs keys 0..kv_len-1
+  // Rows of the query tile: row r = token * g + i is query head hk * g + i of token r / g.
+  const int hk = blockIdx.y, r0 = blockIdx.x * BQ, R = T_ * g;
+  const int q_rows = min(BQ, R - r0);
+  const int kv_len = pos0 + (r0 + q_rows - 1) / g + 1;  // this block needs keys 0..kv_len-1
   const int ntiles = (kv_len + BKV - 1) / BKV;
+  const int h = hk;  // the KV head
   const T* Kh = static_cast<const T*>(kc) + int64_t(h) * cap * D;
   const T* Vh = static_cast<const T*>(vc) + int64_t(h) * cap * D;
+  auto qrow_off = [&](int r) { return (int64_t(r / g) * n + int64_t(hk) * g + r % g) * D; };
 
   for (int c = tid; c < BQ * CPR; c += kThreads) {
     const int r = c / CPR, col = (c % CPR) * 8;
     const bool p = r < q_rows;
-    cp_async16(sQ + r * LD + col, p ? q + (int64_t(t0 + r) * n + h) * D + col : q, p);
+    cp_async16(sQ + r * LD + col, p ? q + qrow_off(r0 + r) + col : q, p);
   }
   auto load_kv = [&](int buf, int tile) {
     const int k0 = tile * BKV;
@@ -90,7 +96,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int e = 0; e < 4; e++) o[i][e] = 0.0f;
   float m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0.0f, 0.0f};
   const int qrow = warp * 16 + lane / 4;                    // this lane's rows: qrow, qrow + 8
-  const int qpos[2] = {pos0 + t0 + qrow, pos0 + t0 + qrow + 8};
+  const int qpos[2] = {pos0 + (r0 + qrow) / g, pos0 + (r0 + qrow + 8) / g};
 
   for (int j = 0; j < ntiles; j++) {
     if (j + 1 < ntiles) {
@@ -188,10 +194,10 @@ __global__ void __launch_bounds__(kThreads)
   }
 #pragma unroll
   for (int hf = 0; hf < 2; hf++) {
-    const int t = t0 + qrow + hf * 8;
-    if (t >= T_) continue;
+    const int r = r0 + qrow + hf * 8;
+    if (r >= R) continue;
     const float inv = 1.0f / l_r[hf];
-    T* dst = out + (int64_t(t) * n + h) * D + (lane % 4) * 2;
+    T* dst = out + qrow_off(r) + (lane % 4) * 2;
 #pragma unroll
     for (int di = 0; di < D / 8; di++)
       *reinterpret_cast<uint32_t*>(dst + di * 8) = pack2<T>(o[di][2 * hf] * inv, o[di][2 * hf + 1] * inv);
@@ -200,22 +206,26 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename T, int D, bool Q8>
 void launch_flash(void* out, const void* q, const void* k_cache, const void* v_cache, const float2* ksz,
-                  const float2* vsz, int cap, int pos0, int rows, int n, cudaStream_t s) {
+                  const float2* vsz, int cap, int pos0, int rows, int n, int n_kv, cudaStream_t s) {
   constexpr int smem = smem_bytes<D>();
   CK(cudaFuncSetAttribute(flash_prefill_kernel<T, D, Q8>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   const float scale_log2 = float(1.0 / std::sqrt(double(D)) * 1.4426950408889634);
-  flash_prefill_kernel<T, D, Q8><<<dim3(ceil_div(rows, BQ), n), kThreads, smem, s>>>(
-      static_cast<T*>(out), static_cast<const T*>(q), k_cache, v_cache, ksz, vsz, cap, pos0, rows, n, scale_log2);
+  const int g = n / n_kv;
+  flash_prefill_kernel<T, D, Q8><<<dim3(ceil_div(rows * g, BQ), n_kv), kThreads, smem, s>>>(
+      static_cast<T*>(out), static_cast<const T*>(q), k_cache, v_cache, ksz, vsz, cap, pos0, rows, n, g, scale_log2);
   CK_LAUNCH("flash_prefill_kernel");
 }
 
 template <bool Q8>
 void prefill_dispatch(void* out, const void* q, const void* k, const void* v, const float2* ksz, const float2* vsz,
-                      int cap, int pos0, int T, int n, int d, DT dt, cudaStream_t s) {
+                      int cap, int pos0, int T, int n, int n_kv, int d, DT dt, cudaStream_t s) {
+  if (n_kv < 1 || n % n_kv != 0)
+    throw Error("cuda: attention over " + std::to_string(n) + " query heads and " + std::to_string(n_kv) +
+                " KV heads (n_kv must divide n)");
   if (d == 64) {
-    QWEN_DISPATCH_DT(dt, E, launch_flash<E, 64, Q8>(out, q, k, v, ksz, vsz, cap, pos0, T, n, s));
+    QWEN_DISPATCH_DT(dt, E, launch_flash<E, 64, Q8>(out, q, k, v, ksz, vsz, cap, pos0, T, n, n_kv, s));
   } else if (d == 128) {
-    QWEN_DISPATCH_DT(dt, E, launch_flash<E, 128, Q8>(out, q, k, v, ksz, vsz, cap, pos0, T, n, s));
+    QWEN_DISPATCH_DT(dt, E, launch_flash<E, 128, Q8>(out, q, k, v, ksz, vsz, cap, pos0, T, n, n_kv, s));
   } else {
     throw Error("cuda: attention_prefill supports head_dim 64 and 128 (got " + std::to_string(d) + ")");
   }
@@ -224,13 +234,13 @@ void prefill_dispatch(void* out, const void* q, const void* k, const void* v, co
 }  // namespace
 
 void attention_prefill(void* out, const void* q, const void* k_cache, const void* v_cache, int cap, int pos0, int T,
-                       int n, int d, DT dt, cudaStream_t s) {
-  prefill_dispatch<false>(out, q, k_cache, v_cache, nullptr, nullptr, cap, pos0, T, n, d, dt, s);
+                       int n, int n_kv, int d, DT dt, cudaStream_t s) {
+  prefill_dispatch<false>(out, q, k_cache, v_cache, nullptr, nullptr, cap, pos0, T, n, n_kv, d, dt, s);
 }
 
 void attention_prefill_int8(void* out, const void* q, KvQ8 k_cache, KvQ8 v_cache, int cap, int pos0, int T, int n,
-                            int d, DT dt, cudaStream_t s) {
-  prefill_dispatch<true>(out, q, k_cache.q, v_cache.q, k_cache.sz, v_cache.sz, cap, pos0, T, n, d, dt, s);
+                            int n_kv, int d, DT dt, cudaStream_t s) {
+  prefill_dispatch<true>(out, q, k_cache.q, v_cache.q, k_cache.sz, v_cache.sz, cap, pos0, T, n, n_kv, d, dt, s);
 }
 
 }  // namespace qwen::cuda

@@ -55,16 +55,31 @@ void swiglu(void* g, const float* ab, int T, int F, DT dt, cudaStream_t s);
 void qkv_rope_append(void* q, void* k_cache, void* v_cache, int cap, const float* qkv, const float* bias,
                      const float* inv_freq, const int* pos0_dev, int T, int n, int d, int seq_length, DT dt,
                      cudaStream_t s);
+// qwen3's per-head q/k RMSNorm (cpu::rmsnorm over each head's d values, weights fp32 [d]),
+// applied after the bias and before rope; null weights: no norm.
+struct QkNorm {
+  const float* q = nullptr;
+  const float* k = nullptr;
+  float eps = 1e-6f;
+};
+// The general form (qwen2/qwen3, GQA): qkv fp32 [T, (n + 2 n_kv) d] = q | k | v, bias likewise or
+// null; q [T, n, d] out; k, v appended to the layer's cache [n_kv, cap, d]. n % n_kv == 0, d even
+// and <= 256. qkv_rope_append is this with n_kv = n and no norm.
+void qkv_rope_append_gqa(void* q, void* k_cache, void* v_cache, int cap, const float* qkv, const float* bias,
+                         QkNorm norm, const float* inv_freq, const int* pos0_dev, int T, int n, int n_kv, int d,
+                         int seq_length, DT dt, cudaStream_t s);
 
 // attention_decode.cu ----------------------------------------------------------------------------
 // Split-KV ("flash-decoding") attention: T queries q [T, n, d] (dt) at positions pos0.. (device
-// memory) over the cache [n, cap, d]; query t sees keys 0..pos0+t. The keys are cut into
-// `splits` ranges of ceil(cap / splits) keys; each (head, range, query) block writes a partial
-// (max, sum, acc[d]) into `partial` [T, n, splits, d + 2] fp32, and a second kernel combines the
-// ranges that hold keys into out [T, n, d] (dt). splits == 1 writes out directly (no partial).
-// d in {8, 16, 32, 64, 128, 256}.
+// memory) over the cache [n_kv, cap, d] (GQA: query head h reads KV head h / (n / n_kv); n_kv = n
+// for MHA); query t sees keys 0..pos0+t. The keys are cut into `splits` ranges of
+// ceil(cap / splits) keys; each (KV head, up to 8 of its query heads, range, query) block reads
+// each key/value row once for all its query heads and writes a partial (max, sum, acc[d]) per
+// query head into `partial` [T, n, splits, d + 2] fp32; a second kernel combines the ranges that
+// hold keys into out [T, n, d] (dt). splits == 1 writes out directly (no partial).
+// d in {8, 16, 32, 64, 128, 256}; n % n_kv == 0.
 void attention_decode(void* out, const void* q, const void* k_cache, const void* v_cache, int cap, const int* pos0_dev,
-                      int T, int n, int d, int splits, float* partial, DT dt, cudaStream_t s);
+                      int T, int n, int n_kv, int d, int splits, float* partial, DT dt, cudaStream_t s);
 // Floats of `partial` that attention_decode needs.
 inline size_t attention_decode_partial_floats(int T, int n, int d, int splits) {
   return splits > 1 ? size_t(T) * n * splits * (d + 2) : 0;
@@ -72,10 +87,12 @@ inline size_t attention_decode_partial_floats(int T, int n, int d, int splits) {
 
 // attention_prefill.cu ----------------------------------------------------------------------------
 // Tiled causal flash attention on tensor cores (mma.sync m16n8k16, fp32 online softmax): T
-// queries q [T, n, d] at positions pos0.. (host value) over the cache [n, cap, d] that already
-// holds positions 0..pos0+T-1; out [T, n, d] (dt). d in {64, 128}; see attention_prefill_supported.
+// queries q [T, n, d] at positions pos0.. (host value) over the cache [n_kv, cap, d] that already
+// holds positions 0..pos0+T-1; out [T, n, d] (dt). GQA: the g = n / n_kv query heads of a KV head
+// are rows of one query tile (row = token * g + head in group), so every K/V tile a block loads
+// into shared memory serves all of them. d in {64, 128}; see attention_prefill_supported.
 void attention_prefill(void* out, const void* q, const void* k_cache, const void* v_cache, int cap, int pos0, int T,
-                       int n, int d, DT dt, cudaStream_t s);
+                       int n, int n_kv, int d, DT dt, cudaStream_t s);
 inline bool attention_prefill_supported(int d) { return d == 64 || d == 128; }
 
 // gptq.cu ---------------------------------------------------------------------------------------
@@ -139,10 +156,13 @@ struct KvQ8 {
 void qkv_rope_append_int8(void* q, KvQ8 k_cache, KvQ8 v_cache, int cap, const float* qkv, const float* bias,
                           const float* inv_freq, const int* pos0_dev, int T, int n, int d, int seq_length, DT dt,
                           cudaStream_t s);
+void qkv_rope_append_int8_gqa(void* q, KvQ8 k_cache, KvQ8 v_cache, int cap, const float* qkv, const float* bias,
+                              QkNorm norm, const float* inv_freq, const int* pos0_dev, int T, int n, int n_kv, int d,
+                              int seq_length, DT dt, cudaStream_t s);
 // As attention_decode / attention_prefill over the int8 cache (dequantized in the kernels).
 void attention_decode_int8(void* out, const void* q, KvQ8 k_cache, KvQ8 v_cache, int cap, const int* pos0_dev, int T,
-                           int n, int d, int splits, float* partial, DT dt, cudaStream_t s);
+                           int n, int n_kv, int d, int splits, float* partial, DT dt, cudaStream_t s);
 void attention_prefill_int8(void* out, const void* q, KvQ8 k_cache, KvQ8 v_cache, int cap, int pos0, int T, int n,
-                            int d, DT dt, cudaStream_t s);
+                            int n_kv, int d, DT dt, cudaStream_t s);
 
 }  // namespace qwen::cuda

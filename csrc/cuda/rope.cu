@@ -1,59 +1,28 @@
-// The attention front end, fused: c_attn bias + rotary (dynamic NTK) + logn scaling + KV append.
-// In:  qkv [T, 3H] fp32 (q | k | v, the c_attn product without bias), bias [3H] fp32 or null,
-//      inv_freq [d/2] fp32 (1 / base'^(2j/d), computed on the host exactly as the CPU twin),
-//      pos0 in device memory (so one captured decode graph serves every position).
+// The attention front end, fused: q/k/v bias + (qwen3) per-head q/k RMSNorm + rotary (dynamic
+// NTK) + logn scaling + KV append, for MHA (QwenV1) and GQA (qwen2/qwen3).
+// In:  qkv [T, (n + 2 n_kv) d] fp32 (q | k | v, the fused c_attn product, or the stacked
+//      q_proj | k_proj | v_proj product, without bias), bias [(n + 2 n_kv) d] fp32 or null,
+//      optional q/k norm weights [d] fp32, inv_freq [d/2] fp32 (1 / base'^(2j/d), computed on the
+//      host exactly as the CPU twin), pos0 in device memory (so one captured decode graph serves
+//      every position).
 // Out: q [T, n, d] (bf16/fp16), roped and scaled by logn(pos) when pos + 1 > seq_length
 //      (seq_length 0 turns logn off); k (roped) and v written at positions pos0.. of the layer's
-//      cache [n, cap, d].
+//      cache [n_kv, cap, d] (16-bit, or int8 with (scale, zero) per row).
+// The norm (qwen3) is cpu::rmsnorm over each head's d values: x * (1 / sqrt(mean(x^2) + eps)) * w,
+// applied after the bias and before rope.
 // Rotary is "rotate half": out[j] = x[j] cos - x[j+d/2] sin, out[j+d/2] = x[j+d/2] cos + x[j] sin,
 // with the angle pos * inv_freq[j] in fp32 and accurate cosf/sinf, as the original.
-// One block per token; each thread handles a (j, j + d/2) pair of q or k, or one v element.
+// One block of 8 warps per token; one warp per (head, q | k | v) job: rows of d <= 256 values sit
+// in registers (up to 4 rotary pairs or 8 values per lane), sums of squares and int8 min/max by
+// warp shuffles.
 #include "ops.cuh"
 
 namespace qwen::cuda {
 
 namespace {
 
-template <typename T>
-__global__ void qkv_rope_append_kernel(T* __restrict__ q, T* __restrict__ kc, T* __restrict__ vc, int cap,
-                                       const float* __restrict__ qkv, const float* __restrict__ bias,
-                                       const float* __restrict__ inv_freq, const int* __restrict__ pos0_dev, int n,
-                                       int d, int seq_length) {
-  const int t = blockIdx.x, H = n * d, d2 = d / 2, half_h = n * d2;
-  const int pos = *pos0_dev + t;
-  float logn = 1.0f;
-  if (seq_length > 0 && pos + 1 > seq_length) logn = float(log(double(pos + 1)) / log(double(seq_length)));
-  const float* row = qkv + int64_t(t) * 3 * H;
-  for (int i = threadIdx.x; i < 2 * H; i += blockDim.x) {
-    if (i < H) {
-      const int which = i / half_h, rem = i % half_h, hh = rem / d2, j = rem % d2;
-      const int off = which * H + hh * d + j;
-      const float a = row[off] + (bias ? bias[off] : 0.0f);
-      const float b = row[off + d2] + (bias ? bias[off + d2] : 0.0f);
-      const float ang = float(pos) * inv_freq[j];
-      float sn, cs;
-      sincosf(ang, &sn, &cs);
-      float oa = a * cs - b * sn, ob = b * cs + a * sn;
-      if (which == 0) {
-        T* dst = q + (int64_t(t) * n + hh) * d;
-        dst[j] = from_f<T>(oa * logn);
-        dst[j + d2] = from_f<T>(ob * logn);
-      } else {
-        T* dst = kc + (int64_t(hh) * cap + pos) * d;
-        dst[j] = from_f<T>(oa);
-        dst[j + d2] = from_f<T>(ob);
-      }
-    } else {
-      const int e = i - H, hh = e / d, c = e % d;
-      const float v = row[2 * H + e] + (bias ? bias[2 * H + e] : 0.0f);
-      vc[(int64_t(hh) * cap + pos) * d + c] = from_f<T>(v);
-    }
-  }
-}
-
-// int8 cache: one warp per (head, q | k | v) job; rows of d <= 256 values sit in registers
-// (up to 4 rotary pairs or 8 values per lane), min/max by warp shuffles, then the quantization
-// of cpu::kv_quantize_int8 with the same IEEE operations (division, round half to even).
+// int8: the quantization of cpu::kv_quantize_int8 with the same IEEE operations (division,
+// round half to even).
 __device__ __forceinline__ void quantize_row_int8(const float (&v)[8], const int (&c)[8], int cnt, uint8_t* dst,
                                                   float2* sz) {
   float mn = INFINITY, mx = -INFINITY;
@@ -74,75 +43,134 @@ __device__ __forceinline__ void quantize_row_int8(const float (&v)[8], const int
   if ((threadIdx.x & 31) == 0) *sz = make_float2(sc, z);
 }
 
-template <typename T>
-__global__ void qkv_rope_append_int8_kernel(T* __restrict__ q, KvQ8 kc, KvQ8 vc, int cap, const float* __restrict__ qkv,
-                                            const float* __restrict__ bias, const float* __restrict__ inv_freq,
-                                            const int* __restrict__ pos0_dev, int n, int d, int seq_length) {
-  const int t = blockIdx.x, H = n * d, d2 = d / 2, lane = threadIdx.x % 32;
+// Q8: kc/vc are uint8 with ksz/vsz (scale, zero) per row; else kc/vc are T.
+template <typename T, bool Q8>
+__global__ void qkv_rope_append_kernel(T* __restrict__ q, void* __restrict__ kc, void* __restrict__ vc,
+                                       float2* __restrict__ ksz, float2* __restrict__ vsz, int cap,
+                                       const float* __restrict__ qkv, const float* __restrict__ bias,
+                                       const float* __restrict__ qn, const float* __restrict__ kn, float eps,
+                                       const float* __restrict__ inv_freq, const int* __restrict__ pos0_dev, int n,
+                                       int n_kv, int d, int seq_length) {
+  const int t = blockIdx.x, d2 = d / 2, lane = threadIdx.x % 32;
+  const int Q = n * d, KV = n_kv * d, W = Q + 2 * KV;
   const int pos = *pos0_dev + t;
   float logn = 1.0f;
   if (seq_length > 0 && pos + 1 > seq_length) logn = float(log(double(pos + 1)) / log(double(seq_length)));
-  const float* row = qkv + int64_t(t) * 3 * H;
-  for (int job = threadIdx.x / 32; job < 3 * n; job += blockDim.x / 32) {
-    const int which = job / n, hh = job % n;
+  const float* row = qkv + int64_t(t) * W;
+  for (int job = threadIdx.x / 32; job < n + 2 * n_kv; job += blockDim.x / 32) {
+    const int which = job < n ? 0 : job < n + n_kv ? 1 : 2;
+    const int hh = which == 0 ? job : which == 1 ? job - n : job - n - n_kv;
+    const int base = which == 0 ? hh * d : which == 1 ? Q + hh * d : Q + KV + hh * d;
     float v[8];
     int c[8];
     int cnt = 0;
     if (which < 2) {
-      for (int j = lane; j < d2; j += 32) {
-        const int off = which * H + hh * d + j;
-        const float a = row[off] + (bias ? bias[off] : 0.0f);
-        const float b = row[off + d2] + (bias ? bias[off + d2] : 0.0f);
+      float a[4], b[4];
+      float ss = 0.0f;
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        const int j = lane + 32 * i;
+        a[i] = b[i] = 0.0f;
+        if (j < d2) {
+          a[i] = row[base + j] + (bias ? bias[base + j] : 0.0f);
+          b[i] = row[base + j + d2] + (bias ? bias[base + j + d2] : 0.0f);
+          ss += a[i] * a[i] + b[i] * b[i];
+        }
+      }
+      const float* nw = which == 0 ? qn : kn;
+      float r = 1.0f;
+      if (nw) r = 1.0f / sqrtf(warp_sum(ss) / float(d) + eps);
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        const int j = lane + 32 * i;
+        if (j >= d2) break;
+        float x = a[i], y = b[i];
+        if (nw) {
+          x = x * r * nw[j];
+          y = y * r * nw[j + d2];
+        }
         const float ang = float(pos) * inv_freq[j];
         float sn, cs;
         sincosf(ang, &sn, &cs);
-        const float oa = a * cs - b * sn, ob = b * cs + a * sn;
+        const float oa = x * cs - y * sn, ob = y * cs + x * sn;
         if (which == 0) {
           T* dst = q + (int64_t(t) * n + hh) * d;
           dst[j] = from_f<T>(oa * logn);
           dst[j + d2] = from_f<T>(ob * logn);
-        } else {
+        } else if constexpr (Q8) {
           v[cnt] = oa;
           c[cnt++] = j;
           v[cnt] = ob;
           c[cnt++] = j + d2;
+        } else {
+          T* dst = static_cast<T*>(kc) + (int64_t(hh) * cap + pos) * d;
+          dst[j] = from_f<T>(oa);
+          dst[j + d2] = from_f<T>(ob);
         }
       }
-      if (which == 1) {
-        const int64_t r = int64_t(hh) * cap + pos;
-        quantize_row_int8(v, c, cnt, kc.q + r * d, kc.sz + r);
+      if constexpr (Q8) {
+        if (which == 1) {
+          const int64_t r8 = int64_t(hh) * cap + pos;
+          quantize_row_int8(v, c, cnt, static_cast<uint8_t*>(kc) + r8 * d, ksz + r8);
+        }
       }
     } else {
+      const int64_t r8 = int64_t(hh) * cap + pos;
       for (int e = lane; e < d; e += 32) {
-        v[cnt] = row[2 * H + hh * d + e] + (bias ? bias[2 * H + hh * d + e] : 0.0f);
-        c[cnt++] = e;
+        const float x = row[base + e] + (bias ? bias[base + e] : 0.0f);
+        if constexpr (Q8) {
+          v[cnt] = x;
+          c[cnt++] = e;
+        } else {
+          static_cast<T*>(vc)[r8 * d + e] = from_f<T>(x);
+        }
       }
-      const int64_t r = int64_t(hh) * cap + pos;
-      quantize_row_int8(v, c, cnt, vc.q + r * d, vc.sz + r);
+      if constexpr (Q8) quantize_row_int8(v, c, cnt, static_cast<uint8_t*>(vc) + r8 * d, vsz + r8);
     }
   }
 }
 
+template <bool Q8>
+void launch_rope(void* q, void* kc, void* vc, float2* ksz, float2* vsz, int cap, const float* qkv, const float* bias,
+                 QkNorm norm, const float* inv_freq, const int* pos0_dev, int T, int n, int n_kv, int d,
+                 int seq_length, DT dt, cudaStream_t s) {
+  if (d < 2 || d > 256 || d % 2 != 0) throw Error("cuda: rope supports an even head_dim up to 256 (got " + std::to_string(d) + ")");
+  if (n_kv < 1 || n % n_kv != 0)
+    throw Error("cuda: " + std::to_string(n) + " query heads over " + std::to_string(n_kv) + " KV heads");
+  QWEN_DISPATCH_DT(dt, E,
+                   qkv_rope_append_kernel<E, Q8><<<T, 256, 0, s>>>(static_cast<E*>(q), kc, vc, ksz, vsz, cap, qkv, bias,
+                                                                   norm.q, norm.k, norm.eps, inv_freq, pos0_dev, n,
+                                                                   n_kv, d, seq_length));
+  CK_LAUNCH("qkv_rope_append_kernel");
+}
+
 }  // namespace
+
+void qkv_rope_append_gqa(void* q, void* k_cache, void* v_cache, int cap, const float* qkv, const float* bias,
+                         QkNorm norm, const float* inv_freq, const int* pos0_dev, int T, int n, int n_kv, int d,
+                         int seq_length, DT dt, cudaStream_t s) {
+  launch_rope<false>(q, k_cache, v_cache, nullptr, nullptr, cap, qkv, bias, norm, inv_freq, pos0_dev, T, n, n_kv, d,
+                     seq_length, dt, s);
+}
+
+void qkv_rope_append_int8_gqa(void* q, KvQ8 k_cache, KvQ8 v_cache, int cap, const float* qkv, const float* bias,
+                              QkNorm norm, const float* inv_freq, const int* pos0_dev, int T, int n, int n_kv, int d,
+                              int seq_length, DT dt, cudaStream_t s) {
+  launch_rope<true>(q, k_cache.q, v_cache.q, k_cache.sz, v_cache.sz, cap, qkv, bias, norm, inv_freq, pos0_dev, T, n,
+                    n_kv, d, seq_length, dt, s);
+}
 
 void qkv_rope_append_int8(void* q, KvQ8 k_cache, KvQ8 v_cache, int cap, const float* qkv, const float* bias,
                           const float* inv_freq, const int* pos0_dev, int T, int n, int d, int seq_length, DT dt,
                           cudaStream_t s) {
-  if (d > 256) throw Error("cuda: the int8 KV cache supports head_dim up to 256");
-  QWEN_DISPATCH_DT(dt, E,
-                   qkv_rope_append_int8_kernel<E><<<T, 256, 0, s>>>(static_cast<E*>(q), k_cache, v_cache, cap, qkv,
-                                                                    bias, inv_freq, pos0_dev, n, d, seq_length));
-  CK_LAUNCH("qkv_rope_append_int8_kernel");
+  qkv_rope_append_int8_gqa(q, k_cache, v_cache, cap, qkv, bias, QkNorm{}, inv_freq, pos0_dev, T, n, n, d, seq_length,
+                           dt, s);
 }
 
 void qkv_rope_append(void* q, void* k_cache, void* v_cache, int cap, const float* qkv, const float* bias,
                      const float* inv_freq, const int* pos0_dev, int T, int n, int d, int seq_length, DT dt,
                      cudaStream_t s) {
-  QWEN_DISPATCH_DT(dt, E,
-                   qkv_rope_append_kernel<E><<<T, 256, 0, s>>>(static_cast<E*>(q), static_cast<E*>(k_cache),
-                                                               static_cast<E*>(v_cache), cap, qkv, bias, inv_freq,
-                                                               pos0_dev, n, d, seq_length));
-  CK_LAUNCH("qkv_rope_append_kernel");
+  qkv_rope_append_gqa(q, k_cache, v_cache, cap, qkv, bias, QkNorm{}, inv_freq, pos0_dev, T, n, n, d, seq_length, dt, s);
 }
 
 }  // namespace qwen::cuda

@@ -2,7 +2,8 @@
 // random inputs at real shapes, then whole forward passes of CudaBackend against CpuBackend.
 // Prints max abs error, max error relative to max|ref|, relative L2 error and the tolerance per
 // case; exits 1 on any failure. Flags: --quick (small shapes, for compute-sanitizer),
-// --filter SUBSTR (run cases whose group name contains SUBSTR), --no-model.
+// --filter SUBSTR (run cases whose group name contains SUBSTR), --no-model. The qwen2/qwen3 cases:
+// --filter gqa (GQA rope/append and attention kernels), --filter qwen2 (whole qwen2/qwen3 models).
 //
 // Tolerances (tol bounds max|gpu - cpu| / max|cpu|):
 // - Inputs are drawn, then rounded to the 16-bit type, and the CPU twin gets exactly those
@@ -389,33 +390,38 @@ KvRand make_kv(int n, int cap, int d, int valid, DT dt) {
   return r;
 }
 
-std::vector<float> cpu_attention(const Half& q, const KvRand& kv, int cap, int T, int n, int d, int pos0) {
+// n query heads over n_kv KV heads (the cache holds n_kv); MHA when n_kv == n.
+std::vector<float> cpu_attention(const Half& q, const KvRand& kv, int cap, int T, int n, int n_kv, int d, int pos0) {
   std::vector<float> ref(size_t(T) * n * d);
-  cpu::attention(ref.data(), q.f.data(), int64_t(n) * d, kv.k.f.data(), kv.v.f.data(), cap, T, n, d, pos0, *g_pool);
+  cpu::attention_gqa(ref.data(), q.f.data(), int64_t(n) * d, kv.k.f.data(), kv.v.f.data(), cap, T, n, n_kv, d, pos0,
+                     *g_pool);
   return ref;
 }
+std::string gqa_tag(int n, int n_kv) { return n_kv == n ? "" : " [gqa n_kv=" + std::to_string(n_kv) + "]"; }
 
-// Decode (split-KV) attention: T queries, the last at position len-1.
-void test_attention_decode(DT dt, int n, int d, int len, int cap, int splits, int T = 1) {
-  KvRand kv = make_kv(n, cap, d, len, dt);
+// Decode (split-KV) attention: T queries, the last at position len-1; n_kv 0 = n (MHA).
+void test_attention_decode(DT dt, int n, int d, int len, int cap, int splits, int T = 1, int n_kv = 0) {
+  if (n_kv == 0) n_kv = n;
+  KvRand kv = make_kv(n_kv, cap, d, len, dt);
   Half q = rand16(int64_t(T) * n * d, -1.5f, 1.5f, dt);
   auto dq = upload(q.h);
   const int pos0 = len - T;
   std::unique_ptr<Dev> dpos;
   Dev out(size_t(T) * n * d * 2);
   Dev partial(std::max<size_t>(cuda::attention_decode_partial_floats(T, n, d, splits) * 4, 4));
-  cuda::attention_decode(out.p, dq->p, kv.dk->p, kv.dv->p, cap, dev_int(pos0, dpos), T, n, d, splits,
+  cuda::attention_decode(out.p, dq->p, kv.dk->p, kv.dv->p, cap, dev_int(pos0, dpos), T, n, n_kv, d, splits,
                          partial.as<float>(), dt, S);
-  auto ref = cpu_attention(q, kv, cap, T, n, d, pos0);
+  auto ref = cpu_attention(q, kv, cap, T, n, n_kv, d, pos0);
   compare(std::string("attention_decode ") + cuda::dt_name(dt) + " n,d,len,cap,splits,T=" +
-              sh({n, d, len, cap, splits, T}),
+              sh({n, d, len, cap, splits, T}) + gqa_tag(n, n_kv),
           get16(out, ref.size(), dt), ref, dt == DT::BF16 ? 4e-3 : 2e-3);
 }
 
 // Prefill attention for T queries at pos0.. ; chunks > 1 runs it as that many consecutive calls.
-void test_attention_prefill(DT dt, int n, int d, int T, int pos0, int chunks) {
+void test_attention_prefill(DT dt, int n, int d, int T, int pos0, int chunks, int n_kv = 0) {
+  if (n_kv == 0) n_kv = n;
   const int len = pos0 + T, cap = len + 5;
-  KvRand kv = make_kv(n, cap, d, len, dt);
+  KvRand kv = make_kv(n_kv, cap, d, len, dt);
   Half q = rand16(int64_t(T) * n * d, -1.5f, 1.5f, dt);
   auto dq = upload(q.h);
   Dev out(size_t(T) * n * d * 2);
@@ -426,16 +432,16 @@ void test_attention_prefill(DT dt, int n, int d, int T, int pos0, int chunks) {
     const size_t off = size_t(t0) * n * d * 2;
     if (flash)
       cuda::attention_prefill(static_cast<char*>(out.p) + off, static_cast<char*>(dq->p) + off, kv.dk->p, kv.dv->p,
-                              cap, pos0 + t0, t1 - t0, n, d, dt, S);
+                              cap, pos0 + t0, t1 - t0, n, n_kv, d, dt, S);
     else
       cuda::attention_decode(static_cast<char*>(out.p) + off, static_cast<char*>(dq->p) + off, kv.dk->p, kv.dv->p,
-                             cap, dev_int(pos0 + t0, dpos), t1 - t0, n, d, 1, nullptr, dt, S);
+                             cap, dev_int(pos0 + t0, dpos), t1 - t0, n, n_kv, d, 1, nullptr, dt, S);
     CHECK(cudaDeviceSynchronize());
   }
-  auto ref = cpu_attention(q, kv, cap, T, n, d, pos0);
+  auto ref = cpu_attention(q, kv, cap, T, n, n_kv, d, pos0);
   const double tol = flash ? (dt == DT::BF16 ? 8e-3 : 3e-3) : (dt == DT::BF16 ? 4e-3 : 2e-3);
   compare(std::string(flash ? "attention_prefill(flash) " : "attention_prefill(split) ") + cuda::dt_name(dt) +
-              " n,d,T,pos0,chunks=" + sh({n, d, T, pos0, chunks}),
+              " n,d,T,pos0,chunks=" + sh({n, d, T, pos0, chunks}) + gqa_tag(n, n_kv),
           get16(out, ref.size(), dt), ref, tol);
 }
 
@@ -660,6 +666,98 @@ void test_rope_int8(DT dt, int T, int n, int d, int pos0, int S_len, double alph
               v_code_diff ? "FAIL" : "ok", tag.c_str(), v_code_diff);
 }
 
+// qwen2/qwen3 front end (qkv_rope_append_gqa / _int8_gqa): qkv [T, (n + 2 n_kv) d], bias or none,
+// qwen3's per-head q/k RMSNorm or none, rope_theta 1e6, no logn; vs the CPU's bias + cpu::rmsnorm
+// per head + cpu::rope as model_cpu.cpp's qwen2 path does it. 16-bit cache: q, k, v within the
+// output rounding and rows outside pos0.. untouched; int8 cache: as test_rope_int8.
+void test_rope_gqa(DT dt, bool int8, int T, int n, int n_kv, int d, int pos0, bool bias, bool qk_norm) {
+  const int Q = n * d, KV = n_kv * d, W = Q + 2 * KV, cap = pos0 + T + 3;
+  const float eps = 1e-6f;
+  const double base = 1000000.0;
+  auto qkv = rand32(int64_t(T) * W, -2, 2);
+  auto b = rand32(W, -0.5f, 0.5f);
+  auto qn = rand32(d, 0.5f, 1.5f), kn = rand32(d, 0.5f, 1.5f);
+  auto inv = inv_freq_table(d, base, 1.0);
+  auto dqkv = upload(qkv), db = upload(b), dinv = upload(inv), dqn = upload(qn), dkn = upload(kn);
+  const cuda::QkNorm nm{qk_norm ? dqn->as<float>() : nullptr, qk_norm ? dkn->as<float>() : nullptr, eps};
+  std::unique_ptr<Dev> dpos;
+  Dev q(size_t(T) * Q * 2);
+  const size_t cache_elems = size_t(n_kv) * cap * d;
+  Half kc0 = rand16(int64_t(cache_elems), -1, 1, dt), vc0 = rand16(int64_t(cache_elems), -1, 1, dt);
+  auto dk = upload(kc0.h), dv = upload(vc0.h);
+  Dev kq(cache_elems), vq(cache_elems), ksz(size_t(n_kv) * cap * 8), vsz(size_t(n_kv) * cap * 8);
+  if (int8)
+    cuda::qkv_rope_append_int8_gqa(q.p, {kq.as<uint8_t>(), ksz.as<float2>()}, {vq.as<uint8_t>(), vsz.as<float2>()}, cap,
+                                   dqkv->as<float>(), bias ? db->as<float>() : nullptr, nm, dinv->as<float>(),
+                                   dev_int(pos0, dpos), T, n, n_kv, d, 0, dt, S);
+  else
+    cuda::qkv_rope_append_gqa(q.p, dk->p, dv->p, cap, dqkv->as<float>(), bias ? db->as<float>() : nullptr, nm,
+                              dinv->as<float>(), dev_int(pos0, dpos), T, n, n_kv, d, 0, dt, S);
+  std::vector<float> r = qkv;
+  for (int t = 0; t < T; t++) {
+    float* row = r.data() + size_t(t) * W;
+    if (bias)
+      for (int i = 0; i < W; i++) row[i] += b[size_t(i)];
+    if (qk_norm) {
+      cpu::rmsnorm(row, row, qn.data(), n, d, eps);
+      cpu::rmsnorm(row + Q, row + Q, kn.data(), n_kv, d, eps);
+    }
+  }
+  cpu::rope(r.data(), W, T, n, d, pos0, base, 1.0);
+  cpu::rope(r.data() + Q, W, T, n_kv, d, pos0, base, 1.0);
+  std::vector<float> qref(size_t(T) * Q), kref, kgot, vref, vgot;
+  for (int t = 0; t < T; t++)
+    for (int i = 0; i < Q; i++) qref[size_t(t) * Q + i] = r[size_t(t) * W + i];
+  bool untouched = true;
+  if (int8) {
+    auto kqg = kq.get<uint8_t>(cache_elems), vqg = vq.get<uint8_t>(cache_elems);
+    auto kszg = ksz.get<float2>(size_t(n_kv) * cap), vszg = vsz.get<float2>(size_t(n_kv) * cap);
+    std::vector<uint8_t> qb(static_cast<size_t>(d));
+    for (int t = 0; t < T; t++)
+      for (int h = 0; h < n_kv; h++) {
+        const size_t row = size_t(h) * cap + size_t(pos0 + t);
+        for (int which = 1; which <= 2; which++) {
+          const float* src = r.data() + size_t(t) * W + Q + size_t(which - 1) * KV + size_t(h) * d;
+          float sc, z;
+          cpu::kv_quantize_int8(src, d, qb.data(), &sc, &z);
+          const auto& gq = which == 1 ? kqg : vqg;
+          const float2 gsz = which == 1 ? kszg[row] : vszg[row];
+          for (int c = 0; c < d; c++) {
+            (which == 1 ? kref : vref).push_back(sc * (float(qb[size_t(c)]) - z));
+            (which == 1 ? kgot : vgot).push_back(gsz.x * (float(gq[row * d + c]) - gsz.y));
+          }
+        }
+      }
+  } else {
+    auto kg = get16(*dk, cache_elems, dt), vg = get16(*dv, cache_elems, dt);
+    for (int h = 0; h < n_kv; h++)
+      for (int p = 0; p < cap; p++)
+        for (int c = 0; c < d; c++) {
+          const size_t ci = (size_t(h) * cap + p) * d + c;
+          if (p >= pos0 && p < pos0 + T) {
+            const size_t ri = size_t(p - pos0) * W + size_t(h) * d + c;
+            kref.push_back(r[ri + Q]);
+            vref.push_back(r[ri + Q + KV]);
+            kgot.push_back(kg[ci]);
+            vgot.push_back(vg[ci]);
+          } else if (kg[ci] != kc0.f[ci] || vg[ci] != vc0.f[ci]) {
+            untouched = false;
+          }
+        }
+  }
+  const double tol16 = dt == DT::BF16 ? 4e-3 : 2e-3;
+  const std::string tag = std::string(int8 ? "int8 " : "") + cuda::dt_name(dt) + " T,n,n_kv,d,pos0=" +
+                          sh({T, n, n_kv, d, pos0}) + (bias ? " bias" : "") + (qk_norm ? " q/k norm" : "");
+  compare("rope_gqa(q) " + tag, get16(q, qref.size(), dt), qref, tol16);
+  compare("rope_gqa(k) + append " + tag, kgot, kref, int8 ? 2.0 / 255 + 1e-6 : tol16);
+  compare("append_gqa(v) " + tag, vgot, vref, int8 ? 1e-6 : tol16);
+  g_cases++;
+  if (!untouched) {
+    g_failures++;
+    std::printf("FAIL rope_gqa: cache rows outside pos0..pos0+T-1 were modified\n");
+  }
+}
+
 // A random int8 cache (same codes, scales, zeros on both sides); rows past `valid` have NaN scale.
 struct Kv8Rand {
   std::vector<uint8_t> kq, vq;
@@ -693,44 +791,56 @@ Kv8Rand make_kv8(int n, int cap, int d, int valid) {
   r.dvsz = upload(vsz);
   return r;
 }
-std::vector<float> cpu_attention8(const Half& q, const Kv8Rand& kv, int cap, int T, int n, int d, int pos0) {
+std::vector<float> cpu_attention8(const Half& q, const Kv8Rand& kv, int cap, int T, int n, int n_kv, int d, int pos0) {
   std::vector<float> ref(size_t(T) * n * d);
   cpu::KvInt8 K{kv.kq.data(), kv.ks.data(), kv.kz.data()}, V{kv.vq.data(), kv.vs.data(), kv.vz.data()};
-  cpu::attention_int8(ref.data(), q.f.data(), int64_t(n) * d, K, V, cap, T, n, d, pos0, *g_pool);
+  cpu::attention_int8_gqa(ref.data(), q.f.data(), int64_t(n) * d, K, V, cap, T, n, n_kv, d, pos0, *g_pool);
   return ref;
 }
-void test_attention_decode_int8(DT dt, int n, int d, int len, int cap, int splits, int T = 1) {
-  Kv8Rand kv = make_kv8(n, cap, d, len);
+void test_attention_decode_int8(DT dt, int n, int d, int len, int cap, int splits, int T = 1, int n_kv = 0) {
+  if (n_kv == 0) n_kv = n;
+  Kv8Rand kv = make_kv8(n_kv, cap, d, len);
   Half q = rand16(int64_t(T) * n * d, -1.5f, 1.5f, dt);
   auto dq = upload(q.h);
   const int pos0 = len - T;
   std::unique_ptr<Dev> dpos;
   Dev out(size_t(T) * n * d * 2);
   Dev partial(std::max<size_t>(cuda::attention_decode_partial_floats(T, n, d, splits) * 4, 4));
-  cuda::attention_decode_int8(out.p, dq->p, kv.k(), kv.v(), cap, dev_int(pos0, dpos), T, n, d, splits,
+  cuda::attention_decode_int8(out.p, dq->p, kv.k(), kv.v(), cap, dev_int(pos0, dpos), T, n, n_kv, d, splits,
                               partial.as<float>(), dt, S);
-  auto ref = cpu_attention8(q, kv, cap, T, n, d, pos0);
+  auto ref = cpu_attention8(q, kv, cap, T, n, n_kv, d, pos0);
   compare(std::string("attention_decode_int8 ") + cuda::dt_name(dt) + " n,d,len,cap,splits,T=" +
-              sh({n, d, len, cap, splits, T}),
+              sh({n, d, len, cap, splits, T}) + gqa_tag(n, n_kv),
           get16(out, ref.size(), dt), ref, dt == DT::BF16 ? 4e-3 : 2e-3);
 }
 // Flash prefill over the int8 cache: tiles are dequantized to the 16-bit type in shared memory
 // (one more rounding of K and V: 2^-9 in bf16), on top of the P rounding: 1e-2 / 4e-3.
-void test_attention_prefill_int8(DT dt, int n, int d, int T, int pos0) {
+// chunks > 1: that many consecutive calls (chunked prefill over the cache).
+void test_attention_prefill_int8(DT dt, int n, int d, int T, int pos0, int n_kv = 0, int chunks = 1) {
+  if (n_kv == 0) n_kv = n;
   const int len = pos0 + T, cap = len + 5;
-  Kv8Rand kv = make_kv8(n, cap, d, len);
+  Kv8Rand kv = make_kv8(n_kv, cap, d, len);
   Half q = rand16(int64_t(T) * n * d, -1.5f, 1.5f, dt);
   auto dq = upload(q.h);
   Dev out(size_t(T) * n * d * 2);
   std::unique_ptr<Dev> dpos;
   const bool flash = cuda::attention_prefill_supported(d);
-  if (flash)
-    cuda::attention_prefill_int8(out.p, dq->p, kv.k(), kv.v(), cap, pos0, T, n, d, dt, S);
-  else
-    cuda::attention_decode_int8(out.p, dq->p, kv.k(), kv.v(), cap, dev_int(pos0, dpos), T, n, d, 1, nullptr, dt, S);
-  auto ref = cpu_attention8(q, kv, cap, T, n, d, pos0);
+  for (int c = 0; c < chunks; c++) {
+    const int t0 = int(int64_t(T) * c / chunks), t1 = int(int64_t(T) * (c + 1) / chunks);
+    const size_t off = size_t(t0) * n * d * 2;
+    void* o = static_cast<char*>(out.p) + off;
+    const void* qq = static_cast<const char*>(dq->p) + off;
+    if (flash)
+      cuda::attention_prefill_int8(o, qq, kv.k(), kv.v(), cap, pos0 + t0, t1 - t0, n, n_kv, d, dt, S);
+    else
+      cuda::attention_decode_int8(o, qq, kv.k(), kv.v(), cap, dev_int(pos0 + t0, dpos), t1 - t0, n, n_kv, d, 1,
+                                  nullptr, dt, S);
+    CHECK(cudaDeviceSynchronize());
+  }
+  auto ref = cpu_attention8(q, kv, cap, T, n, n_kv, d, pos0);
   compare(std::string(flash ? "attention_prefill_int8(flash) " : "attention_prefill_int8(split) ") +
-              cuda::dt_name(dt) + " n,d,T,pos0=" + sh({n, d, T, pos0}),
+              cuda::dt_name(dt) + " n,d,T,pos0=" + sh({n, d, T, pos0}) +
+              (chunks > 1 ? " chunks=" + std::to_string(chunks) : std::string()) + gqa_tag(n, n_kv),
           get16(out, ref.size(), dt), ref, flash ? (dt == DT::BF16 ? 1e-2 : 4e-3) : (dt == DT::BF16 ? 4e-3 : 2e-3));
 }
 
@@ -851,10 +961,18 @@ std::unique_ptr<RandomModel> random_model(int H, int n, int F, int V, int L, int
 
 // One sequence through both backends: a prompt, then `steps` decode steps (greedy on the CPU's
 // logits), comparing logits each time; then the same prompt prefilled in two chunks on the GPU.
+void run_model_case(const std::string& tag, RandomModel* m, int prompt, int steps, bool all_logits, DT dt, bool kv8,
+                    double alpha, std::chrono::steady_clock::time_point t_start);
 void test_model(const std::string& tag, int H, int n, int F, int V, int L, int S_len, int prompt, int steps,
                 bool all_logits, DT dt, int bits = 0, int G = 0, bool actorder = false, bool kv8 = false) {
   auto t_start = std::chrono::steady_clock::now();
   auto m = random_model(H, n, F, V, L, S_len, dt, bits, G, actorder);
+  run_model_case(tag, m.get(), prompt, steps, all_logits, dt, kv8, rope_ntk_alpha(prompt, S_len), t_start);
+}
+// The comparison of test_model for a model already built (alpha: the NTK alpha of both caches).
+void run_model_case(const std::string& tag, RandomModel* m, int prompt, int steps, bool all_logits, DT dt, bool kv8,
+                    double alpha, std::chrono::steady_clock::time_point t_start) {
+  const int V = m->cfg.vocab_size;
   BackendOptions opt;
   if (kv8) opt.kv_cache = KvCacheType::Int8;
   auto cpu_b = make_cpu_backend(m->cfg, m->w, opt, nullptr);
@@ -870,7 +988,6 @@ void test_model(const std::string& tag, int H, int n, int F, int V, int L, int S
   std::vector<int32_t> ids(static_cast<size_t>(prompt));
   Rng rng(g_seed++);
   for (auto& i : ids) i = int32_t(rng.next() % uint64_t(V));
-  const double alpha = rope_ntk_alpha(prompt, S_len);
   cc->ntk_alpha = gc->ntk_alpha = alpha;
   const int rows = all_logits ? prompt : 1;
   std::vector<float> lc(size_t(rows) * V), lg(size_t(rows) * V, NAN);
@@ -917,6 +1034,86 @@ void test_model(const std::string& tag, int H, int n, int F, int V, int L, int S
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count());
   g_cases++;
   if (!(monotone && last_progress == 1.0)) g_failures++;
+}
+
+// A random qwen2 / qwen3 model (SPEC 10) in the slots model_cpu.cpp's qwen2 path reads: q/k/v
+// projections (qwen2: with bias), qwen3's q_norm/k_norm and explicit head_dim (n*d may differ from
+// H: o_proj is [H, n*d]), GQA over n_kv KV heads, up (w1) / gate (w2) / down (mlp_c_proj),
+// rope_theta 1e6, no NTK or logn, lm_head tied to wte (no tensor of its own) or separate.
+// bits > 0: every linear but lm_head is a random GPTQ layer (with a bias, as make_gptq draws it).
+std::unique_ptr<RandomModel> random_qwen2_model(bool qwen3, int H, int n, int n_kv, int d, int F, int V, int L, DT dt,
+                                                bool tied, int bits = 0, int G = 0, bool actorder = false) {
+  auto m = std::make_unique<RandomModel>();
+  m->mats.reserve(size_t(8 * L + 8));
+  m->vecs.reserve(size_t(12 * L + 8));
+  ModelConfig& c = m->cfg;
+  c.model_type = qwen3 ? "qwen3" : "qwen2";
+  c.family = qwen3 ? ModelFamily::Qwen3 : ModelFamily::Qwen2;
+  c.vocab_size = V;
+  c.hidden_size = H;
+  c.num_layers = L;
+  c.num_heads = n;
+  c.num_kv_heads = n_kv;
+  c.head_dim = d;
+  c.ffn_size = F;
+  c.rope_base = 1000000.0;
+  c.use_dynamic_ntk = false;
+  c.use_logn_attn = false;
+  c.attention_bias = !qwen3;
+  c.tie_word_embeddings = tied;
+  c.seq_length = c.max_position_embeddings = 32768;
+  const int Q = n * d, KV = n_kv * d;
+  auto lin = [&](const std::string& name, int out, int in, bool bias) {
+    if (bits && name != "lm_head") {
+      m->gptqs.push_back(make_gptq(name, out, in, bits, G, actorder));
+      c.gptq.bits = bits;
+      return m->gptqs.back()->lin;
+    }
+    Linear l;
+    l.in = in;
+    l.out = out;
+    l.weight = m->mat(name, out, in, dt);
+    if (bias) l.bias = m->vec(name + ".bias", out, -0.5f, 0.5f);
+    return l;
+  };
+  m->w.wte = m->mat("wte", V, H, dt);
+  for (int i = 0; i < L; i++) {
+    LayerWeights lw;
+    lw.ln_1 = m->vec("input_layernorm", H, 0.8f, 1.2f);
+    lw.q_proj = lin("q_proj", Q, H, !qwen3);
+    lw.k_proj = lin("k_proj", KV, H, !qwen3);
+    lw.v_proj = lin("v_proj", KV, H, !qwen3);
+    if (qwen3) {
+      lw.q_norm = m->vec("q_norm", d, 0.5f, 1.5f);
+      lw.k_norm = m->vec("k_norm", d, 0.5f, 1.5f);
+    }
+    lw.attn_c_proj = lin("o_proj", H, Q, false);
+    lw.ln_2 = m->vec("post_attention_layernorm", H, 0.8f, 1.2f);
+    lw.w1 = lin("up_proj", F, H, false);
+    lw.w2 = lin("gate_proj", F, H, false);
+    lw.mlp_c_proj = lin("down_proj", H, F, false);
+    m->w.layers.push_back(lw);
+  }
+  m->w.ln_f = m->vec("norm", H, 0.8f, 1.2f);
+  if (tied) {
+    m->w.lm_head.in = H;
+    m->w.lm_head.out = V;
+    m->w.lm_head.weight = m->w.wte;  // as weights.cpp binds a tied lm_head
+  } else {
+    m->w.lm_head = lin("lm_head", V, H, false);
+  }
+  return m;
+}
+
+// qwen2/qwen3 through both backends: prefill (+ every row's logits when all_logits), `steps` decode
+// steps (the captured graph), chunked prefill vs one-shot on the GPU; tolerances as test_model.
+void test_qwen2_model(const std::string& tag, bool qwen3, int H, int n, int n_kv, int d, int F, int V, int L,
+                      int prompt, int steps, bool all_logits, DT dt, bool tied, bool kv8 = false, int bits = 0,
+                      int G = 0, bool actorder = false) {
+  auto t_start = std::chrono::steady_clock::now();
+  auto m = random_qwen2_model(qwen3, H, n, n_kv, d, F, V, L, dt, tied, bits, G, actorder);
+  run_model_case(std::string(qwen3 ? "qwen3 " : "qwen2 ") + tag + (tied ? " tied" : "") + (kv8 ? " kv8" : ""),
+                 m.get(), prompt, steps, all_logits, dt, kv8, 1.0, t_start);
 }
 
 // Runs fn with the environment variable name set to value (restored after).
@@ -1335,6 +1532,76 @@ int main(int argc, char** argv) {
       test_attention_prefill_int8(DT::BF16, 2, 64, 129, 3);
       test_attention_prefill_int8(DT::BF16, 2, 8, 40, 15);
       test_attention_prefill_int8(DT::F16, 4, 128, 200, 50);
+    }
+    // GQA kernels (qwen2/qwen3): --filter gqa runs these two groups only.
+    if (want("gqa_rope")) {
+      for (bool int8 : {false, true}) {
+        test_rope_gqa(DT::BF16, int8, 3, 4, 2, 64, 0, true, false);      // qwen2 tiny: bias
+        test_rope_gqa(DT::BF16, int8, 5, 4, 2, 64, 37, false, true);     // qwen3 tiny: q/k norm
+        test_rope_gqa(DT::BF16, int8, 3, 4, 2, 32, 5, true, false);      // d 32 (the qwen2 fixture)
+        test_rope_gqa(DT::BF16, int8, 2, 28, 4, 128, 100, true, false);  // Qwen2.5-7B
+        test_rope_gqa(DT::F16, int8, 4, 32, 8, 128, 9, false, true);     // Qwen3-8B
+        test_rope_gqa(DT::BF16, int8, 1, 16, 8, 256, 3, false, true);    // d 256: 4 rotary pairs per lane
+      }
+    }
+    if (want("gqa_attention")) {
+      // decode (split-KV): n, n_kv, d, len, cap, splits, T, dt. Group sizes 2, 7 (28/4), 8, 5, 6, 3, 4.
+      struct D { int n, n_kv, d, len, cap, splits, T; DT dt; };
+      const std::vector<D> dec = {
+          {4, 2, 64, 1, 100, 1, 1, DT::BF16},         {4, 2, 64, 65, 100, 1, 1, DT::BF16},
+          {4, 2, 64, 300, 512, 2, 1, DT::BF16},       {4, 2, 32, 70, 80, 1, 1, DT::BF16},
+          {28, 4, 128, 1, 8192, 32, 1, DT::BF16},     {28, 4, 128, 257, 8192, 32, 1, DT::BF16},
+          {28, 4, 128, 4097, 8192, 32, 1, DT::BF16},  {28, 4, 128, 8192, 8192, 32, 1, DT::BF16},
+          {28, 4, 128, 1000, 1024, 4, 5, DT::BF16},   {16, 2, 128, 600, 1024, 4, 1, DT::BF16},
+          {40, 8, 128, 333, 512, 2, 1, DT::BF16},     {12, 2, 64, 200, 256, 1, 1, DT::BF16},
+          {6, 2, 16, 50, 64, 1, 1, DT::BF16},         {16, 2, 8, 300, 300, 2, 1, DT::BF16},
+          {16, 8, 256, 333, 400, 2, 1, DT::BF16},     {32, 8, 128, 1000, 1024, 4, 1, DT::F16},
+          {28, 4, 128, 300, 512, 2, 3, DT::F16}};
+      for (const D& c : dec) test_attention_decode(c.dt, c.n, c.d, c.len, c.cap, c.splits, c.T, c.n_kv);
+      const std::vector<D> dec8 = {
+          {4, 2, 64, 65, 100, 1, 1, DT::BF16},        {4, 2, 32, 70, 80, 1, 1, DT::BF16},
+          {28, 4, 128, 4097, 8192, 32, 1, DT::BF16},  {28, 4, 128, 300, 512, 2, 5, DT::BF16},
+          {40, 8, 128, 333, 512, 2, 1, DT::BF16},     {16, 2, 8, 300, 300, 2, 1, DT::BF16},
+          {32, 8, 128, 1000, 1024, 4, 1, DT::F16}};
+      for (const D& c : dec8) test_attention_decode_int8(c.dt, c.n, c.d, c.len, c.cap, c.splits, c.T, c.n_kv);
+      // prefill (flash for d 64/128, the split kernel for d 32): n, n_kv, d, T, pos0, chunks, dt.
+      struct P { int n, n_kv, d, T, pos0, chunks; DT dt; };
+      const std::vector<P> pre = {
+          {4, 2, 64, 100, 0, 1, DT::BF16},     {4, 2, 64, 129, 3, 2, DT::BF16},    {28, 4, 128, 300, 0, 3, DT::BF16},
+          {28, 4, 128, 517, 1000, 1, DT::BF16}, {28, 4, 128, 7, 8185, 1, DT::BF16}, {28, 4, 128, 2, 0, 1, DT::BF16},
+          {16, 2, 128, 200, 50, 1, DT::BF16},  {40, 8, 128, 70, 0, 1, DT::BF16},   {4, 2, 32, 70, 0, 1, DT::BF16},
+          {4, 2, 32, 40, 15, 2, DT::BF16},     {32, 8, 128, 200, 50, 1, DT::F16},  {4, 2, 64, 100, 0, 1, DT::F16}};
+      for (const P& c : pre) test_attention_prefill(c.dt, c.n, c.d, c.T, c.pos0, c.chunks, c.n_kv);
+      const std::vector<P> pre8 = {
+          {4, 2, 64, 129, 3, 2, DT::BF16},     {28, 4, 128, 300, 0, 3, DT::BF16}, {28, 4, 128, 517, 1000, 1, DT::BF16},
+          {40, 8, 128, 70, 0, 1, DT::BF16},    {4, 2, 32, 40, 15, 2, DT::BF16},   {32, 8, 128, 200, 50, 1, DT::F16}};
+      for (const P& c : pre8) test_attention_prefill_int8(c.dt, c.n, c.d, c.T, c.pos0, c.n_kv, c.chunks);
+    }
+    // Whole qwen2/qwen3 models vs CpuBackend: --filter qwen2 runs this group only.
+    // (tag, qwen3, H, n, n_kv, d, F, V, L, prompt, steps, all_logits, dt, tied, kv8, bits, G, actorder)
+    if (model && want("qwen2_model")) {
+      test_qwen2_model("fixture-shape d32", false, 128, 4, 2, 32, 256, 1000, 2, 70, 4, true, DT::BF16, true);
+      test_qwen2_model("d64", false, 256, 4, 2, 64, 512, 1000, 2, 70, 4, true, DT::F16, true);
+      test_qwen2_model("fixture-shape H128 d64 (n*d 256)", true, 128, 4, 2, 64, 256, 1000, 2, 70, 4, true, DT::BF16,
+                       false);
+      test_qwen2_model("H128 d64 (n*d 256)", true, 128, 4, 2, 64, 256, 1000, 2, 40, 4, false, DT::F16, true, true);
+      test_qwen2_model("fixture-shape d32", false, 128, 4, 2, 32, 256, 1000, 2, 40, 4, true, DT::BF16, true, true);
+      test_qwen2_model("gptq-int4-g64", false, 128, 4, 2, 32, 256, 1000, 2, 40, 4, true, DT::F16, false, false, 4, 64);
+      test_qwen2_model("gptq-int4-g32-actorder", false, 128, 4, 2, 32, 256, 1000, 2, 40, 3, false, DT::F16, false, true,
+                       4, 32, true);
+      test_qwen2_model("gptq-int8-g64 H128 d64", true, 128, 4, 2, 64, 256, 1000, 2, 30, 3, false, DT::F16, true, false,
+                       8, 64);
+      test_qwen2_model("long (2 prefill passes)", true, 128, 4, 2, 64, 256, 1000, 2, 600, 2, false, DT::BF16, false);
+      with_env("QWEN_WTE_ON_DEVICE", "1", [&] {
+        test_qwen2_model("fixture-shape d32 [wte on device, shared with lm_head]", false, 128, 4, 2, 32, 256, 1000, 2,
+                         70, 3, true, DT::BF16, true);
+      });
+      if (!q) {
+        test_qwen2_model("Qwen2.5-7B-shaped-2L", false, 3584, 28, 4, 128, 18944, 152064, 2, 20, 3, false, DT::BF16,
+                         false);
+        test_qwen2_model("Qwen3-0.6B-shaped-2L", true, 1024, 16, 8, 128, 3072, 151936, 2, 20, 3, false, DT::BF16, true,
+                         true);
+      }
     }
     if (model && want("model")) {
       // GPTQ models (fp16 like GPTQ checkpoints), tiny fixture shapes; then int8 KV caches.
