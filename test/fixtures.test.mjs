@@ -11,7 +11,7 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 
 import { Model, Tokenizer } from '../dist/index.mjs';
-import { argmax, checkGreedy, device, errors, fixture, readJson, readSafetensors, REL_TOL } from './helpers/fixtures.mjs';
+import { argmax, checkAllPositions, checkGreedy, device, errors, fixture, readJson, readSafetensors, REL_TOL } from './helpers/fixtures.mjs';
 
 for (const name of ['tiny-fp32', 'tiny-bf16', 'tiny-fp16']) {
   test(`${name}: teacher-forced logits and greedy ids match the original (${device})`, async (t) => {
@@ -41,13 +41,7 @@ for (const name of ['tiny-fp32', 'tiny-bf16', 'tiny-fp16']) {
       t.diagnostic(`case${ci}: prompt ${c.prompt.length}, alpha ${c.ntk_alpha}, ${steps} steps, max rel ${worstRel.toExponential(2)}, ` +
         `max abs ${worstAbs.toExponential(2)}, greedy agrees on ${agreed}/${c.greedy.length}`);
     }
-    const seq = model.createSequence();
-    const all = await seq.evalAll(exp.all_positions_prompt);
-    const want = st['all_positions.logits'];
-    for (let p = 0; p < want.shape[0]; p++) {
-      const e = errors(all.subarray(p * V, (p + 1) * V), want.data.subarray(p * V, (p + 1) * V));
-      assert.ok(e.rel < REL_TOL, `${name} all_positions row ${p}: relative error ${e.rel}`);
-    }
+    await checkAllPositions(model, exp, st, name);
   });
 }
 

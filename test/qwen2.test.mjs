@@ -14,7 +14,7 @@ import os from 'node:os';
 import path from 'node:path';
 
 import { Model, Tokenizer } from '../dist/index.mjs';
-import { argmax, checkGreedy, device, errors, fixturesDir, readJson, readSafetensors, REL_TOL, repoRoot } from './helpers/fixtures.mjs';
+import { argmax, checkAllPositions, checkGreedy, device, errors, fixturesDir, readJson, readSafetensors, REL_TOL, repoRoot } from './helpers/fixtures.mjs';
 
 const qfixture = (name) => path.join(repoRoot, 'test', 'fixtures-qwen2', name);
 const FIXTURES = ['tiny-qwen2-tied', 'tiny-qwen3-untied', 'tiny-qwen2-gptq-int4'];
@@ -62,13 +62,7 @@ for (const name of FIXTURES) {
       const agreed = checkGreedy(r.tokens, c.greedy, c.top2_margin, worstAbs, `${name} case${ci}`);
       t.diagnostic(`case${ci}: prompt ${c.prompt.length}, greedy agrees on ${agreed}/${c.greedy.length}`);
     }
-    const seq = model.createSequence();
-    const all = await seq.evalAll(exp.all_positions_prompt);
-    const want = st['all_positions.logits'];
-    for (let p = 0; p < want.shape[0]; p++) {
-      const e = errors(all.subarray(p * V, (p + 1) * V), want.data.subarray(p * V, (p + 1) * V));
-      assert.ok(e.rel < REL_TOL, `${name} all_positions row ${p}: relative error ${e.rel}`);
-    }
+    await checkAllPositions(model, exp, st, name);
     t.diagnostic(`max rel ${worstRel.toExponential(2)}, max abs ${worstAbs.toExponential(2)}`);
   });
 }

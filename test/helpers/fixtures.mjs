@@ -68,3 +68,16 @@ export function checkGreedy(got, want, margins, maxAbsErr, label) {
   }
   return want.length;
 }
+
+// Every position of the fixture's all_positions prompt, fed at once, against the reference rows.
+export async function checkAllPositions(model, exp, st, label) {
+  const V = model.config.vocabSize;
+  const seq = model.createSequence();
+  const all = await seq.evalAll(exp.all_positions_prompt);
+  seq.dispose();
+  const want = st['all_positions.logits'];
+  for (let p = 0; p < want.shape[0]; p++) {
+    const e = errors(all.subarray(p * V, (p + 1) * V), want.data.subarray(p * V, (p + 1) * V));
+    assert.ok(e.rel < REL_TOL, `${label} all_positions row ${p}: relative error ${e.rel}`);
+  }
+}
