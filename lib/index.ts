@@ -1,4 +1,4 @@
-export { Model, Sequence, AbortError } from './model';
+export { Model, Sequence, AbortError, QueueFullError } from './model';
 export type {
   Device,
   LoadOptions,

@@ -119,6 +119,15 @@ export interface ChatResult extends CompletionResult {
   history: { query: string; response: string }[];
 }
 
+/** More concurrent generations than maxBatch + maxQueue: retry later (the server answers 503). */
+export class QueueFullError extends Error {
+  readonly code = 'QWEN_QUEUE_FULL';
+  constructor(message: string) {
+    super(message);
+    this.name = 'QueueFullError';
+  }
+}
+
 export class AbortError extends Error {
   readonly partial: CompletionResult;
   constructor(partial: CompletionResult) {
@@ -401,6 +410,16 @@ export class Model {
     };
   }
 
+  /** Hands a generation to the native engine; a full queue becomes a QueueFullError. */
+  #submit(nseq: NativeSequence, ids: number[], opts: Record<string, unknown>, onEvent: Parameters<NativeSequence['generate']>[2]): void {
+    try {
+      nseq.generate(Int32Array.from(ids), opts, onEvent);
+    } catch (err) {
+      if (err instanceof Error && /queue is full/.test(err.message)) throw new QueueFullError(err.message);
+      throw err;
+    }
+  }
+
   /**
    * Runs one generation on a fresh sequence; calls onChunk for each piece of streamed text.
    * Resolves when it ends; rejects with AbortError when `signal` aborts it.
@@ -427,7 +446,8 @@ export class Model {
     try {
       let failure: unknown = null; // thrown while handling a token (say, by onChunk): ends the run
       const reason = await new Promise<FinishReason>((resolve, reject) => {
-        nseq.generate(Int32Array.from(promptIds), opts, (kind, a, b) => {
+        // A synchronous throw (a full queue) rejects this promise.
+        this.#submit(nseq, promptIds, opts, (kind, a, b) => {
           if (kind === 'done') {
             if (a || failure) reject(a || failure);
             else resolve(stoppedByString ? 'stop' : (b as FinishReason));

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { parseArgs } from 'node:util';
 
-import { AbortError, Model, type CompletionResult, type FinishReason, type GenerateOptions, type LoadOptions } from './model';
+import { AbortError, QueueFullError, Model, type CompletionResult, type FinishReason, type GenerateOptions, type LoadOptions } from './model';
 import { chatStopIds, pyStrip, PY_WS_CLASS, type ChatFormat } from './chat';
 import type { Tokenizer } from './tokenizer';
 import { MessageError, normalizeTools, parseReactResponse, REACT_STOP, toQwenTurns, type QwenTurns, type ToolCall } from './react';
@@ -230,7 +230,12 @@ export function createServer(model: Model, options: ServerOptions = {}): http.Se
         res.destroy();
         return;
       }
-      const e = err instanceof HttpError ? err : new HttpError(500, `internal error: ${(err as Error)?.message ?? String(err)}`);
+      const e =
+        err instanceof HttpError
+          ? err
+          : err instanceof QueueFullError
+            ? new HttpError(503, `The server is busy: ${err.message}`, null, 'overloaded')
+            : new HttpError(500, `internal error: ${(err as Error)?.message ?? String(err)}`);
       const extra: Record<string, string> = e.status === 503 ? { 'Retry-After': '1' } : e.status === 401 ? { 'WWW-Authenticate': 'Bearer' } : {};
       sendError(res, e, extra);
     });

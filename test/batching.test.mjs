@@ -167,6 +167,35 @@ describe('the scheduler', () => {
     await assert.rejects(Model.load(fixture('tiny-fp32'), { device, maxQueue: 1.5 }), /option maxQueue/);
   });
 
+  test('a sequence can start its next generation from the previous one\'s done event', async () => {
+    // The native protocol directly (lib/model.ts uses a fresh sequence per run): the cleanup of a
+    // finished generation must not abort the next one on the same sequence.
+    const m = await Model.load(fixture('tiny-fp32'), { device, contextLength: 256 });
+    try {
+      const seq = m.createSequence();
+      const nseq = seq.native;
+      const opts = { maxNewTokens: 8, doSample: false, stopSequences: [] };
+      const run = (ids) =>
+        new Promise((resolve, reject) => {
+          const toks = [];
+          nseq.generate(Int32Array.from(ids), opts, (kind, a, b) => {
+            if (kind === 'token') toks.push(a);
+            else if (a) reject(a);
+            else resolve({ toks, reason: b });
+          });
+        });
+      const first = await run(prompt(10, 1));
+      assert.equal(first.reason, 'length');
+      // Started in the continuation of the done event, before the first job's cleanup has run.
+      const second = await run([first.toks.at(-1)]);
+      assert.equal(second.reason, 'length', 'the second generation was aborted by the first one\'s cleanup');
+      assert.equal(second.toks.length, 8);
+      seq.dispose();
+    } finally {
+      m.dispose();
+    }
+  });
+
   test('a full queue refuses a generation with a clear error; the others are unaffected', async () => {
     const m = await Model.load(fixture('tiny-fp32'), { device, contextLength: 512, threads: 2, maxBatch: 1, maxQueue: 1 });
     try {
@@ -175,7 +204,7 @@ describe('the scheduler', () => {
       // One runs, one waits: a third does not fit.
       const a = m.complete(prompt(8, 1), opts);
       const b = m.complete(prompt(8, 2), opts);
-      await assert.rejects(m.complete(prompt(8, 3), opts), /queue is full/);
+      await assert.rejects(m.complete(prompt(8, 3), opts), { name: 'QueueFullError', message: /queue is full/ });
       const it = m.generate(prompt(8, 4), opts);
       await assert.rejects(it.next(), /queue is full/);
       const [ra, rb] = await Promise.all([a, b]);

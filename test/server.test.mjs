@@ -531,6 +531,27 @@ describe('limits and authentication', () => {
     assert.equal(ok.status, 200, ok.text);
   });
 
+  test('the model engine\'s full queue is a 503 too (not a 500)', async () => {
+    // The server admits more than this model's engine holds (maxBatch 1, maxQueue 0): the engine's
+    // refusal must reach the client as overload.
+    const small = await Model.load(fixture(MODEL_ID), { device, tokenizer: tok, contextLength: CONTEXT, maxBatch: 1, maxQueue: 0 });
+    try {
+      const server = createServer(small, {});
+      await new Promise((r) => server.listen(0, '127.0.0.1', r));
+      servers.push(server);
+      const base = `http://127.0.0.1:${server.address().port}`;
+      const body = { prompt: 'Once upon a time', max_tokens: 200, temperature: 0 };
+      const rs = await Promise.all([0, 1, 2].map(() => post(base, '/v1/completions', body)));
+      const statuses = rs.map((r) => r.status).sort();
+      assert.ok(statuses.includes(200), `statuses ${statuses}`);
+      assert.ok(!statuses.includes(500), `statuses ${statuses}`);
+      for (const r of rs.filter((x) => x.status !== 200)) assertError(r, 503, null, 'overloaded');
+      assert.equal(rs.filter((x) => x.status === 503).length, 2, `statuses ${statuses}`);
+    } finally {
+      small.dispose();
+    }
+  });
+
   test('maxQueue 1: a second request while one generates gets 503; afterwards requests pass', async () => {
     const { base, client } = await start({ maxQueue: 1 });
     const ctl = new AbortController();

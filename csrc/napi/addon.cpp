@@ -205,9 +205,15 @@ Napi::Function NativeModel::Init(Napi::Env env) {
 
 NativeModel::NativeModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeModel>(info) {}
 
+// Throws Napi::Error (node-addon-api's wrappers turn only those into JS exceptions; anything else
+// escaping a method would terminate the process).
 std::shared_ptr<Model> NativeModel::live(const char* what) {
-  if (!handle) throw Error(std::string(what) + ": this NativeModel was not made by loadModel");
-  return handle->get(what);
+  if (!handle) throw Napi::Error::New(Env(), std::string(what) + ": this NativeModel was not made by loadModel");
+  try {
+    return handle->get(what);
+  } catch (const std::exception& e) {
+    throw Napi::Error::New(Env(), e.what());
+  }
 }
 
 Napi::Value NativeModel::Config(const Napi::CallbackInfo& info) {
@@ -264,7 +270,13 @@ Napi::Value NativeModel::Memory(const Napi::CallbackInfo& info) {
 // batchStats() -> { steps, items, maxItems, tokens, requests }: the engine's counters (zeros
 // before the first generation). Never waits for a forward pass.
 Napi::Value NativeModel::BatchStats(const Napi::CallbackInfo& info) {
-  EngineStats s = live("batchStats")->engine().stats();
+  auto m = live("batchStats");
+  EngineStats s;
+  try {
+    s = m->engine().stats();
+  } catch (const std::exception& e) {
+    throw Napi::Error::New(info.Env(), e.what());
+  }
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("steps", double(s.steps));
   o.Set("items", double(s.items));

@@ -39,6 +39,9 @@ struct SeqJob {
   std::mutex engine_mu;
   std::condition_variable engine_cv;
   bool engine_done = true;
+  // generate: the JS sequence, kept from garbage collection while its generation runs (its
+  // destructor would abort it).
+  Napi::ObjectReference self;
 };
 
 std::mutex& state_mutex() {
@@ -84,6 +87,7 @@ void acquire(Napi::Env env, NativeSequence::State& st, const char* what, std::sh
   std::lock_guard<std::mutex> lock(state_mutex());
   if (st.disposed) throw Napi::Error::New(env, std::string(what) + ": the sequence has been disposed");
   if (st.busy) throw Napi::Error::New(env, std::string(what) + ": the sequence is busy (an eval or generation is already running on it)");
+  if (!st.handle) throw Napi::Error::New(env, std::string(what) + ": this sequence was not made by createSequence");
   try {
     *model = st.handle->get(what);
   } catch (const Error& e) {
@@ -106,12 +110,14 @@ void submit_generate(Napi::Env env, SeqJob* job, Napi::Function cb) {
   job->engine_done = false;
   job->tsfn = SeqTsfn::New(env, cb, "qwen-native:sequence", 0, 1, job, [](Napi::Env, void*, SeqJob* j) {
     // At environment teardown this runs while the engine may still hold the request: stop it and
-    // wait (one step at most) until the engine lets go.
-    j->st->abort = true;
+    // wait (one step at most) until the engine lets go. Otherwise the generation is over, and the
+    // flag may already belong to the sequence's next job: leave it alone.
     {
       std::unique_lock<std::mutex> lock(j->engine_mu);
+      if (!j->engine_done) j->st->abort = true;
       j->engine_cv.wait(lock, [j] { return j->engine_done; });
     }
+    j->self.Reset();
     delete j;  // a disposed model's last reference goes here (its engine thread is idle then)
   });
   auto release = [job] {
@@ -135,10 +141,15 @@ void submit_generate(Napi::Env env, SeqJob* job, Napi::Function cb) {
     job->error = error;
     release();
     job->tsfn.BlockingCall(new SeqEvent{SeqEvent::Done});
-    job->tsfn.Release();
-    std::lock_guard<std::mutex> lock(job->engine_mu);
-    job->engine_done = true;
-    job->engine_cv.notify_all();
+    // Done before Release: the finalizer (which can only run after Release) must see the engine
+    // gone, or it would take the generation for a live one and set the sequence's abort flag,
+    // which by then may belong to the next generation JS started from this one's done event.
+    {
+      std::lock_guard<std::mutex> lock(job->engine_mu);
+      job->engine_done = true;
+      job->engine_cv.notify_all();
+    }
+    job->tsfn.Release();  // the last touch of the job
   };
   try {
     job->model->engine().submit(std::move(r));
@@ -278,6 +289,7 @@ Napi::Value NativeSequence::Generate(const Napi::CallbackInfo& info) {
   acquire(env, *state, "generate", &job->model);
   job->st = state;
   job->handle = state->handle;
+  job->self = Napi::Persistent(info.This().As<Napi::Object>());
   submit_generate(env, guard.release(), info[2].As<Napi::Function>());
   return env.Undefined();
 }
