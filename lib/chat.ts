@@ -22,6 +22,15 @@ function unpack(turn: HistoryTurn): [string, string] {
 }
 
 /**
+ * One ChatML block as make_context encodes it: im_start, the role, "\n", the content (both with
+ * no specials allowed), and im_end unless `close` is false (an assistant turn left open to be
+ * continued).
+ */
+export function chatmlBlockIds(tok: Tokenizer, role: string, content: string, close = true): number[] {
+  return [tok.imStartId, ...tok.encode(role), ...tok.encode('\n'), ...tok.encode(content), ...(close ? [tok.imEndId] : [])];
+}
+
+/**
  * The prompt Qwen's make_context builds (SPEC 7), token for token. Every role and content string is
  * encoded with specials disallowed, so user text that spells "<|im_end|>" can never close a turn.
  */
@@ -39,7 +48,7 @@ export function makeContext(
   const nl = tok.encode('\n');
   const block = (role: string, content: string) => ({
     text: `${IM_START}${role}\n${content}${IM_END}`,
-    tokens: [tok.imStartId, ...tok.encode(role), ...nl, ...tok.encode(content), tok.imEndId],
+    tokens: chatmlBlockIds(tok, role, content),
   });
 
   const sys = block('system', system);

@@ -9,7 +9,7 @@ import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { parseArgs } from 'node:util';
 
 import { AbortError, QueueFullError, Model, type CompletionResult, type FinishReason, type GenerateOptions, type LoadOptions } from './model';
-import { chatStopIds, pyStrip, PY_WS_CLASS, type ChatFormat } from './chat';
+import { chatmlBlockIds, chatStopIds, pyStrip, PY_WS_CLASS, type ChatFormat } from './chat';
 import type { Tokenizer } from './tokenizer';
 import { MessageError, normalizeTools, parseReactResponse, REACT_STOP, toQwenTurns, type QwenTurns, type ToolCall } from './react';
 import { WEB_PAGE_HTML } from './web';
@@ -178,7 +178,7 @@ const FINISH: Record<FinishReason, 'stop' | 'length'> = { stop: 'stop', length: 
 /** The ids of a ChatML prompt that ends inside an unfinished assistant turn (the original's text_complete_last_message). */
 function continuationIds(tok: Tokenizer, turns: QwenTurns): number[] {
   const nl = tok.encode('\n');
-  const block = (role: string, content: string, close = true) => [tok.imStartId, ...tok.encode(role), ...nl, ...tok.encode(content), ...(close ? [tok.imEndId] : [])];
+  const block = (role: string, content: string, close = true) => chatmlBlockIds(tok, role, content, close);
   const ids = block('system', turns.system);
   for (const [q, r] of turns.history) ids.push(...nl, ...block('user', q), ...nl, ...block('assistant', r));
   const [q, partial] = turns.continuation!;
