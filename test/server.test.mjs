@@ -50,6 +50,17 @@ async function start(options = {}) {
   return { server, base, client };
 }
 
+/** A long streamed completion (480 tokens) to hold the model busy; abort it through `ctl`. */
+async function openLongStream(base) {
+  const ctl = new AbortController();
+  const res = await fetch(base + '/v1/completions', {
+    method: 'POST',
+    body: JSON.stringify({ prompt: 'Once upon a time', max_tokens: 480, temperature: 0, stream: true }),
+    signal: ctl.signal,
+  });
+  return { ctl, reader: res.body.getReader() };
+}
+
 async function post(base, route, body, headers = {}) {
   const res = await fetch(base + route, {
     method: 'POST',
@@ -431,13 +442,7 @@ describe('OpenAI API over HTTP', () => {
   });
 
   test('a client that disconnects mid-stream aborts its generation and frees its sequence', async () => {
-    const ctl = new AbortController();
-    const res = await fetch(base + '/v1/completions', {
-      method: 'POST',
-      body: JSON.stringify({ prompt: 'Once upon a time', max_tokens: 480, temperature: 0, stream: true }),
-      signal: ctl.signal,
-    });
-    const reader = res.body.getReader();
+    const { ctl, reader } = await openLongStream(base);
     let got = '';
     while ((got.match(/data: /g) ?? []).length < 3) got += new TextDecoder().decode((await reader.read()).value);
     assert.ok(model.memory().kvCache > idleKv, 'a live sequence holds KV memory');
@@ -554,13 +559,7 @@ describe('limits and authentication', () => {
 
   test('maxQueue 1: a second request while one generates gets 503; afterwards requests pass', async () => {
     const { base, client } = await start({ maxQueue: 1 });
-    const ctl = new AbortController();
-    const res = await fetch(base + '/v1/completions', {
-      method: 'POST',
-      body: JSON.stringify({ prompt: 'Once upon a time', max_tokens: 480, temperature: 0, stream: true }),
-      signal: ctl.signal,
-    });
-    const reader = res.body.getReader();
+    const { ctl, reader } = await openLongStream(base);
     await reader.read(); // generating now
     const busy = await post(base, '/v1/chat/completions', { messages: USER, max_tokens: 2 });
     assertError(busy, 503, null, 'overloaded');
