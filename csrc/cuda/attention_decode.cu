@@ -4,13 +4,18 @@
 // at replay); K/V cache [n_kv, cap, d] (GQA: query head h reads KV head h / (n / n_kv)); query t
 // sees keys 0..pos0+t (causal). out [T, n, d].
 // Kernel 1, grid (n / gc, splits, T), 128 threads: the block takes keys [s*kps, (s+1)*kps) of
-// one KV head for gc of its query heads (gc: the largest divisor of n / n_kv up to 8; 1 for MHA)
+// one KV head for gc of its query heads, kps = max(kmin, ceil(len / splits)) computed in the
+// kernel from the live length len (pos0 + t + 1), so a short context in a long cache still
+// spreads over many blocks (a fixed ceil(cap / splits) left 7B at 128 tokens on 32 blocks,
+// ~16 us per layer); splits past the length exit at once (gc: the largest divisor of n / n_kv up to 8; 1 for MHA)
 // and one query. A "key group" of d/8 lanes holds one key row (16 bytes per lane); a block has
 // 1024/d groups, each walking its keys two at a time (4 loads of 16 bytes in flight per lane)
 // with an fp32 online softmax per query head (running max m, sum l, acc[d]): each K/V row is
 // loaded (and dequantized) once and serves the gc heads. The groups merge in shared memory; the
 // block writes (m, l, acc) per head to `partial`, or the normalized output when splits == 1.
-// Kernel 2, grid (n, T): merges the ranges that hold keys (ceil(len / kps) of them) in fp32.
+// Kernel 2, grid (n, T): merges the ranges that hold keys (ceil(len / kps) of them) in fp32:
+// each range's weight exp(m_i - M) once into shared memory, then every output column is one
+// independent sum over the ranges.
 // Limits: d a power of two in [8, 256]; 1 <= splits; any cap and length.
 #include <algorithm>
 #include <cmath>
@@ -22,6 +27,12 @@ namespace qwen::cuda {
 namespace {
 
 constexpr int kThreads = 128;
+constexpr int kMinKeysPerSplit = 32;  // a split-KV range covers at least this many keys
+
+// Keys per split-KV range for a query that sees `len` keys: both kernels compute it alike.
+__device__ __forceinline__ int keys_per_split(int len, int splits, int kmin) {
+  return max(kmin, (len + splits - 1) / splits);
+}
 
 // 8 consecutive values of one cache row (row = h * cap + j) at element offset `col`, as fp32:
 // the 16-bit cache as stored, the int8 cache dequantized exactly as cpu::attention_int8.
@@ -53,11 +64,14 @@ template <typename T, bool Q8, int GM>
 __global__ void __launch_bounds__(kThreads)
     attn_split_kernel(T* __restrict__ out, float* __restrict__ partial, const T* __restrict__ q, KvRead<T, Q8> Kr,
                       KvRead<T, Q8> Vr, int cap, const int* __restrict__ pos0_dev, int n, int n_kv, int gc, int d,
-                      int splits, int kps, float scale) {
+                      int splits, int kmin, float scale) {
   extern __shared__ float sm[];  // [groups][gc][d + 2]: m, l, acc
+  pdl_wait();
+  pdl_trigger();
   const int h0 = blockIdx.x * gc, sp = blockIdx.y, t = blockIdx.z;
   const int kvh = h0 / (n / n_kv);
   const int len = *pos0_dev + t + 1;
+  const int kps = keys_per_split(len, splits, kmin);
   const int k_begin = sp * kps, k_end = min(k_begin + kps, len);
   if (k_begin >= k_end) return;  // a range past the length (splits > 1): the combine skips it
   const int lpk = d / 8, gpw = 32 / lpk, G = (kThreads / 32) * gpw;
@@ -171,19 +185,45 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     attn_combine_kernel(T* __restrict__ out, const float* __restrict__ partial, const int* __restrict__ pos0_dev, int n,
-                        int d, int splits, int kps) {
-  const int h = blockIdx.x, t = blockIdx.y;
+                        int d, int splits, int kmin) {
+  extern __shared__ float wgt[];  // [splits]: exp(m_i - M)
+  __shared__ float red[kThreads / 32];
+  pdl_wait();
+  pdl_trigger();
+  const int h = blockIdx.x, t = blockIdx.y, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int len = *pos0_dev + t + 1;
+  const int kps = keys_per_split(len, splits, kmin);
   const int active = min(splits, (len + kps - 1) / kps);
-  const float* p = partial + (int64_t(t) * n + h) * splits * (d + 2);
+  const int stride = d + 2;
+  const float* p = partial + (int64_t(t) * n + h) * splits * stride;
+  // M = max over the ranges of m_i (block reduction; every warp reads the partials itself)
   float M = -INFINITY;
-  for (int i = 0; i < active; i++) M = fmaxf(M, p[i * (d + 2)]);
+  for (int i = threadIdx.x; i < active; i += kThreads) M = fmaxf(M, p[i * stride]);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+  if (lane == 0) red[warp] = M;
+  __syncthreads();
+  M = red[0];
+#pragma unroll
+  for (int i = 1; i < kThreads / 32; i++) M = fmaxf(M, red[i]);
+  __syncthreads();  // red is reused below
   float L = 0.0f;
-  for (int i = 0; i < active; i++) L += p[i * (d + 2) + 1] * expf(p[i * (d + 2)] - M);
+  for (int i = threadIdx.x; i < active; i += kThreads) {
+    const float w = expf(p[i * stride] - M);
+    wgt[i] = w;
+    L += p[i * stride + 1] * w;
+  }
+  L = warp_sum(L);
+  if (lane == 0) red[warp] = L;
+  __syncthreads();
+  L = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kThreads / 32; i++) L += red[i];
   const float inv = 1.0f / L;
   for (int c = threadIdx.x; c < d; c += kThreads) {
     float A = 0.0f;
-    for (int i = 0; i < active; i++) A += p[i * (d + 2) + 2 + c] * expf(p[i * (d + 2)] - M);
+#pragma unroll 4
+    for (int i = 0; i < active; i++) A += p[i * stride + 2 + c] * wgt[i];
     out[(int64_t(t) * n + h) * d + c] = from_f<T>(A * inv);
   }
 }
@@ -194,11 +234,11 @@ namespace {
 
 template <typename E, bool Q8, int GM>
 void launch_split(E* out, float* partial, const E* q, KvRead<E, Q8> Kr, KvRead<E, Q8> Vr, int cap, const int* pos0_dev,
-                  int T, int n, int n_kv, int gc, int d, int splits, int kps, float scale, cudaStream_t s) {
+                  int T, int n, int n_kv, int gc, int d, int splits, int kmin, float scale, cudaStream_t s) {
   const int groups = (kThreads / 32) * (32 / (d / 8));
   const size_t smem = size_t(groups) * gc * (d + 2) * sizeof(float);
-  attn_split_kernel<E, Q8, GM><<<dim3(n / gc, splits, T), kThreads, smem, s>>>(out, partial, q, Kr, Vr, cap, pos0_dev,
-                                                                               n, n_kv, gc, d, splits, kps, scale);
+  launch_pdl(attn_split_kernel<E, Q8, GM>, dim3(n / gc, splits, T), kThreads, smem, s, out, partial, q, Kr, Vr, cap,
+             pos0_dev, n, n_kv, gc, d, splits, kmin, scale);
   CK_LAUNCH("attn_split_kernel");
 }
 
@@ -212,7 +252,7 @@ void launch_decode(void* out, const void* q, const void* k, const float2* ksz, c
     throw Error("cuda: attention over " + std::to_string(n) + " query heads and " + std::to_string(n_kv) +
                 " KV heads (n_kv must divide n)");
   if (splits < 1) splits = 1;
-  const int kps = ceil_div(cap, splits);
+  const int kmin = splits > 1 ? kMinKeysPerSplit : 1;
   // Query heads per block: the largest divisor of the group size g = n / n_kv up to 8 (shared
   // memory [groups][gc][d + 2] floats stays under 41 KB for every d).
   const int g = n / n_kv;
@@ -224,15 +264,16 @@ void launch_decode(void* out, const void* q, const void* k, const float2* ksz, c
     E* o = static_cast<E*>(out);
     const E* qq = static_cast<const E*>(q);
     if (gc == 1)
-      launch_split<E, Q8, 1>(o, partial, qq, Kr, Vr, cap, pos0_dev, T, n, n_kv, gc, d, splits, kps, scale, s);
+      launch_split<E, Q8, 1>(o, partial, qq, Kr, Vr, cap, pos0_dev, T, n, n_kv, gc, d, splits, kmin, scale, s);
     else if (gc == 2)
-      launch_split<E, Q8, 2>(o, partial, qq, Kr, Vr, cap, pos0_dev, T, n, n_kv, gc, d, splits, kps, scale, s);
+      launch_split<E, Q8, 2>(o, partial, qq, Kr, Vr, cap, pos0_dev, T, n, n_kv, gc, d, splits, kmin, scale, s);
     else if (gc <= 4)
-      launch_split<E, Q8, 4>(o, partial, qq, Kr, Vr, cap, pos0_dev, T, n, n_kv, gc, d, splits, kps, scale, s);
+      launch_split<E, Q8, 4>(o, partial, qq, Kr, Vr, cap, pos0_dev, T, n, n_kv, gc, d, splits, kmin, scale, s);
     else
-      launch_split<E, Q8, 8>(o, partial, qq, Kr, Vr, cap, pos0_dev, T, n, n_kv, gc, d, splits, kps, scale, s);
+      launch_split<E, Q8, 8>(o, partial, qq, Kr, Vr, cap, pos0_dev, T, n, n_kv, gc, d, splits, kmin, scale, s);
     if (splits > 1) {
-      attn_combine_kernel<E><<<dim3(n, T), kThreads, 0, s>>>(o, partial, pos0_dev, n, d, splits, kps);
+      launch_pdl(attn_combine_kernel<E>, dim3(n, T), kThreads, size_t(splits) * sizeof(float), s, o, partial,
+                 pos0_dev, n, d, splits, kmin);
       CK_LAUNCH("attn_combine_kernel");
     }
   });

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "../core/error.h"
 
@@ -103,6 +104,47 @@ __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
+}
+
+// ---- Programmatic dependent launch (PDL, sm_90+) ----
+// A decode step is ~300 kernels, most of them short; launched with launch_pdl, a kernel may be
+// scheduled while the one before it in the stream still runs, so its launch latency and its
+// first weight loads overlap the predecessor's tail. Contract for every kernel launched that way:
+// it calls pdl_wait() before it reads anything an earlier kernel wrote and before it writes
+// anything (only reads of the immutable weights may come first), and pdl_trigger() once it may
+// let its successor be scheduled. griddepcontrol.wait returns when the predecessor grid has
+// completed and its memory is visible, so ordering stays transitive down the stream. Both are
+// no-ops where PDL is off (sm_80-89, QWEN_CUDA_PDL=0) and in kernels launched plainly.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Whether launch_pdl asks for PDL on the current device: compute capability 9.0 or newer and
+// QWEN_CUDA_PDL not "0" (device_info.cu; cached per device).
+bool pdl_enabled();
+
+// kernel<<<grid, block, smem, s>>>(args...), with the programmatic-serialization attribute when
+// pdl_enabled(). The caller checks the launch with CK_LAUNCH as usual.
+template <typename... P, typename... A>
+void launch_pdl(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, A&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...);
 }
 
 // ---- PTX wrappers for the tensor-core kernels (sm_80+) ----

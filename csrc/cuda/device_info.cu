@@ -2,7 +2,12 @@
 // and for load errors. Never throws: a missing or too-old driver is an answer, not a failure.
 #include <cuda_runtime.h>
 
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
 #include "../core/backend.h"
+#include "common.cuh"
 
 namespace qwen {
 
@@ -27,5 +32,36 @@ CudaInfo cuda_info() {
   }
   return info;
 }
+
+namespace cuda {
+
+bool pdl_enabled() {
+  static const bool off = [] {
+    const char* e = std::getenv("QWEN_CUDA_PDL");
+    return e && std::strcmp(e, "0") == 0;
+  }();
+  if (off) return false;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  // 0 unknown, 1 on, 2 off; racing first calls compute the same answer
+  static std::atomic<int> known[64];
+  if (dev < 0 || dev >= 64) return false;
+  int k = known[dev].load(std::memory_order_relaxed);
+  if (k == 0) {
+    int major = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+      cudaGetLastError();
+      major = 0;
+    }
+    k = major >= 9 ? 1 : 2;
+    known[dev].store(k, std::memory_order_relaxed);
+  }
+  return k == 1;
+}
+
+}  // namespace cuda
 
 }  // namespace qwen

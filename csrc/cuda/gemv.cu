@@ -6,7 +6,8 @@
 // threads (block-level split-K, reduced in shared memory, deterministic), so a small N still
 // spreads over every SM and a large N (the 151936-row lm_head) simply gives many blocks. Each
 // thread issues 16-byte non-caching loads, two chunks per row per iteration: 2 R = 8 loads in
-// flight before the first FMA. x (at most a few KB) is re-read through L1/L2.
+// flight before the first FMA. x (at most a few KB) is re-read through L1/L2. Launched with PDL
+// (common.cuh): the first round of weight loads is issued before waiting for the predecessor.
 #include "ops.cuh"
 
 namespace qwen::cuda {
@@ -16,21 +17,37 @@ namespace {
 constexpr int kThreads = 256;
 
 template <typename T, int R>
+__device__ __forceinline__ void load_round(const T* const (&w)[R], int k, int stride, int K, uint4 (&wa)[R],
+                                           uint4 (&wb)[R]) {
+  if (k + stride < K) {
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      wa[r] = ld_stream(w[r] + k);
+      wb[r] = ld_stream(w[r] + k + stride);
+    }
+  } else if (k < K) {
+#pragma unroll
+    for (int r = 0; r < R; r++) wa[r] = ld_stream(w[r] + k);
+  }
+}
+
+// The weights of each round are loaded one round ahead, the first round before pdl_wait(): they
+// do not depend on earlier kernels, so under PDL they stream in while the predecessor finishes.
+// Same products in the same order as a plain loop (results are bit-identical either way).
+template <typename T, int R>
 __device__ __forceinline__ void block_dot_rows(const T* const (&w)[R], const T* __restrict__ x, int K,
                                                float (&acc)[R]) {
 #pragma unroll
   for (int r = 0; r < R; r++) acc[r] = 0.0f;
   const int stride = kThreads * 8;
   int k = threadIdx.x * 8;
+  uint4 wa[R], wb[R];
+  load_round<T, R>(w, k, stride, K, wa, wb);
+  pdl_wait();
+  pdl_trigger();
   for (; k + stride < K; k += 2 * stride) {
     const uint4 xa = *reinterpret_cast<const uint4*>(x + k);
     const uint4 xb = *reinterpret_cast<const uint4*>(x + k + stride);
-    uint4 wa[R], wb[R];
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-      wa[r] = ld_stream(w[r] + k);
-      wb[r] = ld_stream(w[r] + k + stride);
-    }
     float xf[8], wf[8];
     unpack8<T>(xa, xf);
 #pragma unroll
@@ -46,13 +63,14 @@ __device__ __forceinline__ void block_dot_rows(const T* const (&w)[R], const T* 
 #pragma unroll
       for (int i = 0; i < 8; i++) acc[r] = fmaf(wf[i], xf[i], acc[r]);
     }
+    load_round<T, R>(w, k + 2 * stride, stride, K, wa, wb);
   }
   if (k < K) {
     float xf[8], wf[8];
     unpack8<T>(*reinterpret_cast<const uint4*>(x + k), xf);
 #pragma unroll
     for (int r = 0; r < R; r++) {
-      unpack8<T>(ld_stream(w[r] + k), wf);
+      unpack8<T>(wa[r], wf);
 #pragma unroll
       for (int i = 0; i < 8; i++) acc[r] = fmaf(wf[i], xf[i], acc[r]);
     }
@@ -134,8 +152,8 @@ void gemv(float* y, const void* x, const void* W, const float* b, int N, int K, 
   check_gemv_shape(x, W, K, "gemv");
   const int blocks = ceil_div(N, 4);
   QWEN_DISPATCH_DT(dt, E,
-                   gemv_kernel<E><<<blocks, kThreads, 0, s>>>(y, static_cast<const E*>(x), static_cast<const E*>(W), b,
-                                                              N, K, accumulate));
+                   launch_pdl(gemv_kernel<E>, blocks, kThreads, 0, s, y, static_cast<const E*>(x),
+                              static_cast<const E*>(W), b, N, K, accumulate));
   CK_LAUNCH("gemv_kernel");
 }
 
@@ -143,8 +161,8 @@ void gemv_swiglu(void* g, const void* x, const void* W12, const float* b12, int 
   check_gemv_shape(x, W12, K, "gemv_swiglu");
   const int blocks = ceil_div(F, 2);
   QWEN_DISPATCH_DT(dt, E,
-                   gemv_swiglu_kernel<E><<<blocks, kThreads, 0, s>>>(static_cast<E*>(g), static_cast<const E*>(x),
-                                                                     static_cast<const E*>(W12), b12, F, K));
+                   launch_pdl(gemv_swiglu_kernel<E>, blocks, kThreads, 0, s, static_cast<E*>(g),
+                              static_cast<const E*>(x), static_cast<const E*>(W12), b12, F, K));
   CK_LAUNCH("gemv_swiglu_kernel");
 }
 

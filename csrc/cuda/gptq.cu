@@ -24,6 +24,8 @@
 // Prefill (T > 1): the layer is dequantized (fp32 math, rounded once to the activation type) in
 // the ORIGINAL row order into a scratch [cols, K] matrix, cols columns at a time (cols bounded by
 // the scratch), each slice followed by the tensor-core GEMM into its columns of y.
+// The decode kernels and the gather are launched with PDL (common.cuh); v2 issues its first round
+// of weight loads before waiting for the predecessor.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -110,6 +112,8 @@ template <typename T, int BITS>
 __global__ void __launch_bounds__(kWarps * 32)
     gptq_gemv_kernel(float* __restrict__ y, const T* __restrict__ x, GptqDev L, const float* __restrict__ b,
                      bool accumulate) {
+  pdl_wait();
+  pdl_trigger();
   const int lane = threadIdx.x % 32, n = blockIdx.x * kWarps + threadIdx.x / 32;
   if (n >= L.N) return;
   const float v = warp_sum(gptq_col_dot<T, BITS>(L, x, n, lane));
@@ -123,6 +127,8 @@ template <typename T, int BITS>
 __global__ void __launch_bounds__(kWarps * 32)
     gptq_swiglu_kernel(T* __restrict__ g, const T* __restrict__ x1, const T* __restrict__ x2, GptqDev L1, GptqDev L2,
                        const float* __restrict__ b12) {
+  pdl_wait();
+  pdl_trigger();
   const int lane = threadIdx.x % 32, f = blockIdx.x * kWarps + threadIdx.x / 32;
   const int F = L1.N;
   if (f >= F) return;
@@ -193,9 +199,11 @@ __device__ __forceinline__ void v2_block_dot(float* red_out, const __half* __res
   float acc[kV2Cols];
 #pragma unroll
   for (int j = 0; j < kV2Cols; j++) acc[j] = 0.0f;
-  for (int c = threadIdx.x; c < nch; c += kV2Threads) {
-    uint4 w[kV2Cols];
-    uint32_t m[kV2Cols];
+  // The packed weights and metadata of each round are loaded one round ahead, the first round
+  // before pdl_wait() (they do not depend on earlier kernels; same sums in the same order).
+  uint4 w[kV2Cols];
+  uint32_t m[kV2Cols];
+  auto load_round = [&](int c) {
 #pragma unroll
     for (int j = 0; j < 4; j++) {
       w[j] = ld_stream(qa + int64_t(j) * nch + c);
@@ -207,6 +215,11 @@ __device__ __forceinline__ void v2_block_dot(float* red_out, const __half* __res
       m[j] = __ldg(ma + int64_t(j) * La.ngroups + ga);
       m[4 + j] = __ldg(mb + int64_t(j) * Lb.ngroups + gb);
     }
+  };
+  if (int(threadIdx.x) < nch) load_round(threadIdx.x);
+  pdl_wait();
+  pdl_trigger();
+  for (int c = threadIdx.x; c < nch; c += kV2Threads) {
     __half2 xh[16];
     v2_load_x(xh, xa, c);
 #pragma unroll
@@ -214,6 +227,7 @@ __device__ __forceinline__ void v2_block_dot(float* red_out, const __half* __res
     if (xb != xa) v2_load_x(xh, xb, c);
 #pragma unroll
     for (int j = 0; j < 4; j++) acc[4 + j] += v2_chunk(w[4 + j], m[4 + j], xh);
+    if (c + kV2Threads < nch) load_round(c + kV2Threads);
   }
   // Transposing warp reduction: 8 -> 4 -> 2 -> 1 values per lane (each step sends half of them
   // to the partner lane), then two plain steps; lane l ends with column
@@ -285,6 +299,8 @@ __global__ void __launch_bounds__(kV2Threads)
 // xp [T, K] = x[:, perm] (16-bit elements).
 __global__ void gptq_gather_kernel(uint16_t* __restrict__ xp, const uint16_t* __restrict__ x,
                                    const int32_t* __restrict__ perm, int K) {
+  pdl_wait();
+  pdl_trigger();
   const int t = blockIdx.y;
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < K; i += gridDim.x * blockDim.x)
     xp[int64_t(t) * K + i] = x[int64_t(t) * K + perm[i]];
@@ -417,8 +433,8 @@ void gptq_repack(uint32_t* qw, const void* raw_qweight, const int32_t* perm, int
 }
 
 void gptq_gather(void* xp, const void* x, const int32_t* perm, int T, int K, cudaStream_t s) {
-  gptq_gather_kernel<<<dim3(std::min(ceil_div(K, 256), 64), T), 256, 0, s>>>(
-      static_cast<uint16_t*>(xp), static_cast<const uint16_t*>(x), perm, K);
+  launch_pdl(gptq_gather_kernel, dim3(std::min(ceil_div(K, 256), 64), T), 256, 0, s, static_cast<uint16_t*>(xp),
+             static_cast<const uint16_t*>(x), perm, K);
   CK_LAUNCH("gptq_gather_kernel");
 }
 
@@ -427,16 +443,17 @@ void gptq_gemv(float* y, const void* x, const GptqDev& L, const float* b, bool a
     if (dt != DT::F16 || L.bits != 4 || L.N % kV2Cols != 0 || L.K % 32 != 0 ||
         (reinterpret_cast<uintptr_t>(x) & 15))
       throw Error("cuda: gptq_gemv v2 needs int4, fp16, N % 8 == 0, K % 32 == 0 and a 16-byte aligned x");
-    gptq4_gemv_v2_kernel<<<L.N / kV2Cols, kV2Threads, 0, s>>>(y, static_cast<const __half*>(x), L, b, accumulate);
+    launch_pdl(gptq4_gemv_v2_kernel, L.N / kV2Cols, kV2Threads, 0, s, y, static_cast<const __half*>(x), L, b,
+               accumulate);
     CK_LAUNCH("gptq4_gemv_v2_kernel");
     return;
   }
   const int blocks = ceil_div(L.N, kWarps);
   QWEN_DISPATCH_DT(dt, E, {
     if (L.bits == 4)
-      gptq_gemv_kernel<E, 4><<<blocks, kWarps * 32, 0, s>>>(y, static_cast<const E*>(x), L, b, accumulate);
+      launch_pdl(gptq_gemv_kernel<E, 4>, blocks, kWarps * 32, 0, s, y, static_cast<const E*>(x), L, b, accumulate);
     else
-      gptq_gemv_kernel<E, 8><<<blocks, kWarps * 32, 0, s>>>(y, static_cast<const E*>(x), L, b, accumulate);
+      launch_pdl(gptq_gemv_kernel<E, 8>, blocks, kWarps * 32, 0, s, y, static_cast<const E*>(x), L, b, accumulate);
   });
   CK_LAUNCH("gptq_gemv_kernel");
 }
@@ -449,19 +466,19 @@ void gptq_gemv_swiglu(void* g, const void* x1, const void* x2, const GptqDev& L1
     if (dt != DT::F16 || L1.bits != 4 || L1.N % 4 != 0 || L1.K % 32 != 0 ||
         ((reinterpret_cast<uintptr_t>(x1) | reinterpret_cast<uintptr_t>(x2)) & 15))
       throw Error("cuda: gptq_gemv_swiglu v2 needs int4, fp16, F % 4 == 0, K % 32 == 0 and 16-byte aligned x");
-    gptq4_swiglu_v2_kernel<<<L1.N / 4, kV2Threads, 0, s>>>(static_cast<__half*>(g), static_cast<const __half*>(x1),
-                                                          static_cast<const __half*>(x2), L1, L2, b12);
+    launch_pdl(gptq4_swiglu_v2_kernel, L1.N / 4, kV2Threads, 0, s, static_cast<__half*>(g),
+               static_cast<const __half*>(x1), static_cast<const __half*>(x2), L1, L2, b12);
     CK_LAUNCH("gptq4_swiglu_v2_kernel");
     return;
   }
   const int blocks = ceil_div(L1.N, kWarps);
   QWEN_DISPATCH_DT(dt, E, {
     if (L1.bits == 4)
-      gptq_swiglu_kernel<E, 4><<<blocks, kWarps * 32, 0, s>>>(static_cast<E*>(g), static_cast<const E*>(x1),
-                                                             static_cast<const E*>(x2), L1, L2, b12);
+      launch_pdl(gptq_swiglu_kernel<E, 4>, blocks, kWarps * 32, 0, s, static_cast<E*>(g), static_cast<const E*>(x1),
+                 static_cast<const E*>(x2), L1, L2, b12);
     else
-      gptq_swiglu_kernel<E, 8><<<blocks, kWarps * 32, 0, s>>>(static_cast<E*>(g), static_cast<const E*>(x1),
-                                                             static_cast<const E*>(x2), L1, L2, b12);
+      launch_pdl(gptq_swiglu_kernel<E, 8>, blocks, kWarps * 32, 0, s, static_cast<E*>(g), static_cast<const E*>(x1),
+                 static_cast<const E*>(x2), L1, L2, b12);
   });
   CK_LAUNCH("gptq_swiglu_kernel");
 }

@@ -72,8 +72,10 @@ void qkv_rope_append_gqa(void* q, void* k_cache, void* v_cache, int cap, const f
 // attention_decode.cu ----------------------------------------------------------------------------
 // Split-KV ("flash-decoding") attention: T queries q [T, n, d] (dt) at positions pos0.. (device
 // memory) over the cache [n_kv, cap, d] (GQA: query head h reads KV head h / (n / n_kv); n_kv = n
-// for MHA); query t sees keys 0..pos0+t. The keys are cut into `splits` ranges of
-// ceil(cap / splits) keys; each (KV head, up to 8 of its query heads, range, query) block reads
+// for MHA); query t sees keys 0..pos0+t. Its len = pos0 + t + 1 keys are cut into ranges of
+// max(32, ceil(len / splits)) keys (at most `splits` of them, decided on the device from the live
+// length, so one captured graph fits every step); each (KV head, up to 8 of its query heads,
+// range, query) block reads
 // each key/value row once for all its query heads and writes a partial (max, sum, acc[d]) per
 // query head into `partial` [T, n, splits, d + 2] fp32; a second kernel combines the ranges that
 // hold keys into out [T, n, d] (dt). splits == 1 writes out directly (no partial).

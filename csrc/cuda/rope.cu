@@ -12,9 +12,10 @@
 // applied after the bias and before rope.
 // Rotary is "rotate half": out[j] = x[j] cos - x[j+d/2] sin, out[j+d/2] = x[j+d/2] cos + x[j] sin,
 // with the angle pos * inv_freq[j] in fp32 and accurate cosf/sinf, as the original.
-// One block of 8 warps per token; one warp per (head, q | k | v) job: rows of d <= 256 values sit
-// in registers (up to 4 rotary pairs or 8 values per lane), sums of squares and int8 min/max by
-// warp shuffles.
+// Grid (T, ceil(jobs / 8)), 8 warps a block, one warp per (head, q | k | v) job (jobs = n + 2 n_kv):
+// rows of d <= 256 values sit in registers (up to 4 rotary pairs or 8 values per lane), sums of
+// squares and int8 min/max by warp shuffles. (One block per token, as at first, left a decode
+// step's 96 jobs of 7B on 8 warps: 12 dependent rounds of loads, ~12 us per layer.)
 #include "ops.cuh"
 
 namespace qwen::cuda {
@@ -51,13 +52,16 @@ __global__ void qkv_rope_append_kernel(T* __restrict__ q, void* __restrict__ kc,
                                        const float* __restrict__ qn, const float* __restrict__ kn, float eps,
                                        const float* __restrict__ inv_freq, const int* __restrict__ pos0_dev, int n,
                                        int n_kv, int d, int seq_length) {
+  pdl_wait();
+  pdl_trigger();
   const int t = blockIdx.x, d2 = d / 2, lane = threadIdx.x % 32;
   const int Q = n * d, KV = n_kv * d, W = Q + 2 * KV;
   const int pos = *pos0_dev + t;
   float logn = 1.0f;
   if (seq_length > 0 && pos + 1 > seq_length) logn = float(log(double(pos + 1)) / log(double(seq_length)));
   const float* row = qkv + int64_t(t) * W;
-  for (int job = threadIdx.x / 32; job < n + 2 * n_kv; job += blockDim.x / 32) {
+  const int wpb = blockDim.x / 32;
+  for (int job = blockIdx.y * wpb + threadIdx.x / 32; job < n + 2 * n_kv; job += gridDim.y * wpb) {
     const int which = job < n ? 0 : job < n + n_kv ? 1 : 2;
     const int hh = which == 0 ? job : which == 1 ? job - n : job - n - n_kv;
     const int base = which == 0 ? hh * d : which == 1 ? Q + hh * d : Q + KV + hh * d;
@@ -138,9 +142,9 @@ void launch_rope(void* q, void* kc, void* vc, float2* ksz, float2* vsz, int cap,
   if (n_kv < 1 || n % n_kv != 0)
     throw Error("cuda: " + std::to_string(n) + " query heads over " + std::to_string(n_kv) + " KV heads");
   QWEN_DISPATCH_DT(dt, E,
-                   qkv_rope_append_kernel<E, Q8><<<T, 256, 0, s>>>(static_cast<E*>(q), kc, vc, ksz, vsz, cap, qkv, bias,
-                                                                   norm.q, norm.k, norm.eps, inv_freq, pos0_dev, n,
-                                                                   n_kv, d, seq_length));
+                   launch_pdl(qkv_rope_append_kernel<E, Q8>, dim3(T, ceil_div(n + 2 * n_kv, 8)), 256, 0, s,
+                              static_cast<E*>(q), kc, vc, ksz, vsz, cap, qkv, bias, norm.q, norm.k, norm.eps,
+                              inv_freq, pos0_dev, n, n_kv, d, seq_length));
   CK_LAUNCH("qkv_rope_append_kernel");
 }
 

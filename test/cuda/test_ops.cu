@@ -38,6 +38,8 @@
 #include <thread>
 #include <vector>
 
+#include <cuda_profiler_api.h>
+
 #include "core/backend.h"
 #include "core/error.h"
 #include "cpu/ops.h"
@@ -1363,6 +1365,47 @@ void time_decode(DT dt, int H, int n, int F, int V, int L) {
   }
 }
 
+
+// --filter profile: the decode step of whole-size models (Qwen-7B / 1.8B shapes, bf16, and 7B
+// GPTQ int4 g128 fp16) built from 2 random layers repeated L times (the step's cost does not
+// depend on the values; this keeps the host-side setup to seconds). Prints the graph step time,
+// then runs one more step between cudaProfilerStart/Stop, for
+//   ncu --profile-from-start off --clock-control none --metrics gpu__time_duration.sum ...
+// (run with QWEN_CUDA_GRAPH=0 to see each kernel as its own launch).
+void profile_decode(const char* tag, DT dt, int H, int n, int F, int V, int L, int bits) {
+  auto m = random_model(H, n, F, V, 2, 8192, dt, bits, bits ? 128 : 0, false);
+  m->cfg.num_layers = L;
+  for (int i = 2; i < L; i++) m->w.layers.push_back(m->w.layers[size_t(i % 2)]);
+  BackendOptions opt;
+  auto b = make_cuda_backend(m->cfg, m->w, opt, nullptr);
+  const int ctx = 128;
+  auto c = b->new_cache(ctx + 256);
+  std::vector<int32_t> ids(size_t(ctx), 11);
+  std::vector<float> lg(static_cast<size_t>(V));
+  c->ntk_alpha = 1;
+  b->forward(*c, ids.data(), ctx, lg.data(), false);
+  c->length = ctx;
+  for (int i = 0; i < 5; i++, c->length++) b->forward(*c, ids.data(), 1, lg.data(), false);
+  const int steps = 50;
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < steps; i++, c->length++) b->forward(*c, ids.data(), 1, lg.data(), false);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / steps;
+  int32_t tok = -1;
+  t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < steps; i++, c->length++) b->forward_argmax(*c, ids.data(), 1, &tok);
+  const double sa = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / steps;
+  const MemoryReport mr = b->memory();
+  std::printf("profile %s: step %.3f ms (%.1f tok/s) with the logits copy, %.3f ms with forward_argmax; device "
+              "weights %.2f GB\n",
+              tag, s * 1e3, 1.0 / s, sa * 1e3, double(mr.weights) / 1e9);
+  CHECK(cudaDeviceSynchronize());
+  CHECK(cudaProfilerStart());
+  b->forward(*c, ids.data(), 1, lg.data(), false);
+  c->length++;
+  CHECK(cudaDeviceSynchronize());
+  CHECK(cudaProfilerStop());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -1403,8 +1446,10 @@ int main(int argc, char** argv) {
           if (!q || n <= 1025) test_argmax(n, mode);
     }
     if (want("rmsnorm")) {
-      for (auto [T, H] : std::vector<std::pair<int, int>>{{1, 16}, {3, 128}, {1, 4096}, {17, 5120}, {5, 2048}})
-        if (!q || H <= 128) test_rmsnorm(DT::BF16, T, H);
+      // vector path (H % 4 == 0, H <= 8192) and the scalar kernel (H = 130, 8200)
+      for (auto [T, H] : std::vector<std::pair<int, int>>{
+               {1, 16}, {3, 128}, {1, 4096}, {17, 5120}, {5, 2048}, {2, 8192}, {3, 130}, {2, 8200}})
+        if (!q || H <= 130) test_rmsnorm(DT::BF16, T, H);
       test_rmsnorm(DT::F16, 2, 4096);
     }
     if (want("linear")) {
@@ -1449,10 +1494,12 @@ int main(int argc, char** argv) {
       test_rope(DT::F16, 4, 4, 128, 2040, 2048, 3);
     }
     if (want("attention_decode")) {
-      const int cap = q ? 600 : 8192, splits = cuda::ceil_div(cap, 256);
+      // splits: the model's choice (64 ranges at most, of >= 32 keys each) and a few ranges
+      const int cap = q ? 600 : 8192;
       std::vector<int> lens = q ? std::vector<int>{1, 7, 255, 256, 257, 600}
-                                : std::vector<int>{1, 2, 7, 255, 256, 257, 1000, 4097, 8191, 8192};
-      for (int len : lens) test_attention_decode(DT::BF16, q ? 4 : 32, 128, len, cap, splits);
+                                : std::vector<int>{1, 2, 7, 31, 33, 255, 256, 257, 1000, 2047, 2049, 4097, 8191, 8192};
+      for (int splits : {std::min(64, cuda::ceil_div(cap, 32)), 3})
+        for (int len : lens) test_attention_decode(DT::BF16, q ? 4 : 32, 128, len, cap, splits);
       test_attention_decode(DT::BF16, 2, 64, 65, 100, 1);
       test_attention_decode(DT::BF16, 2, 8, 300, 300, 2);
       test_attention_decode(DT::BF16, 2, 16, 50, 64, 1);
@@ -1520,7 +1567,7 @@ int main(int argc, char** argv) {
       test_rope_int8(DT::BF16, 3, 2, 8, 0, 8192, 1);
       test_rope_int8(DT::BF16, 2, 2, 256, 10, 8192, 1);
       test_rope_int8(DT::F16, 4, 4, 128, 2040, 2048, 3);
-      const int cap = q ? 600 : 8192, splits = cuda::ceil_div(cap, 256);
+      const int cap = q ? 600 : 8192, splits = std::min(64, cuda::ceil_div(cap, 32));
       for (int len : q ? std::vector<int>{1, 257, 600} : std::vector<int>{1, 257, 4097, 8192})
         test_attention_decode_int8(DT::BF16, q ? 4 : 32, 128, len, cap, splits);
       test_attention_decode_int8(DT::BF16, 2, 64, 65, 100, 1);
@@ -1649,7 +1696,7 @@ int main(int argc, char** argv) {
         test_model("tiny [wte pinned copy]", 128, 2, 256, 1000, 2, 64, 20, 3, false, DT::F16);
       });
       // greedy on the device (Backend::forward_argmax)
-      with_env("QWEN_DEVICE_ARGMAX", "1", [&] {  // opt-in for now (model_cuda.cu)
+      with_env("QWEN_DEVICE_ARGMAX", "1", [&] {  // the default; set explicitly here
         test_forward_argmax("tiny", 128, 2, 256, 1000, 2, 70, 12, DT::BF16);
         test_forward_argmax("tiny-gptq-int4", 128, 2, 256, 1000, 2, 20, 12, DT::F16, 4, 64);
         with_env("QWEN_GPTQ_GEMV", "v1", [&] {
@@ -1665,6 +1712,11 @@ int main(int argc, char** argv) {
       test_errors();
       test_f16_converter();
       test_graph_vs_eager(DT::BF16);
+    }
+    if (g_filter == "profile") {
+      profile_decode("7b-bf16", DT::BF16, 4096, 32, 11008, 151936, 32, 0);
+      profile_decode("1.8b-bf16", DT::BF16, 2048, 16, 5504, 151936, 24, 0);
+      profile_decode("7b-int4", DT::F16, 4096, 32, 11008, 151936, 32, 4);
     }
     if (timing && want("time_gptq")) time_gptq();
     if (timing && want("time") && g_filter != "time_gptq") {

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/../.."
 shared=${QWEN_SHARED:-../shared}
 mkdir -p .carry
 [ -f .carry/node.xz ] || bash "$shared/tools/pack-node.sh"
-rm -rf .carry/node_modules .carry/fixtures .carry/dist
+rm -rf .carry/node_modules .carry/fixtures .carry/fixtures.tar.xz .carry/dist
 mkdir -p .carry/node_modules/tiktoken .carry/fixtures
 cp -r node_modules/node-gyp-build .carry/node_modules/
 cp node_modules/tiktoken/package.json .carry/node_modules/tiktoken/
@@ -18,5 +18,12 @@ for f in tiny-fp32 tiny-bf16 tiny-fp16 chat-tiny-bf16 tokenizer tiny-gptq-int4 t
   cp -rL "$shared/fixtures/$f" .carry/fixtures/ 2>/dev/null || cp -r "$shared/fixtures/$f" .carry/fixtures/
 done
 cp "$shared/fixtures/README.md" .carry/fixtures/
+# xz saves ~6 MB of the 64 MiB a device call may carry; the device scripts unpack it.
+chmod -R u+w .carry/fixtures
+tar cf - -C .carry fixtures | xz -T2 -6 > .carry/fixtures.tar.xz
+rm -rf .carry/fixtures
+# The binaries a device script runs, when built here: the kernel tests and the CUDA addon.
+[ -x build-cuda/qwen_cuda_tests ] && cp build-cuda/qwen_cuda_tests .carry/ && strip .carry/qwen_cuda_tests
+[ -f build-cuda-addon/Release/qwen_native.node ] && cp build-cuda-addon/Release/qwen_native.node .carry/ && strip .carry/qwen_native.node
 cp "$shared/tools/torch_yardstick.py" .carry/
 du -sh .carry
