@@ -1,4 +1,4 @@
-export { Model, Sequence, AbortError, QueueFullError } from './model';
+export { Model, Sequence, AbortError, QueueFullError, MAX_LOGPROBS } from './model';
 export type {
   Device,
   LoadOptions,
@@ -6,6 +6,8 @@ export type {
   GenerationConfig,
   GenerateOptions,
   GenerateChunk,
+  TokenLogprob,
+  TokenLogprobs,
   FinishReason,
   CompletionResult,
   ChatOptions,

@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { randomInt } from 'node:crypto';
 
-import { native, type NativeConfig, type NativeModel, type NativeSequence } from './native';
+import { native, type NativeConfig, type NativeLogprobs, type NativeModel, type NativeSequence } from './native';
 import { TextStreamDecoder, Tokenizer, VOCAB_FILES } from './tokenizer';
 import {
   chatStopIds,
@@ -80,13 +80,53 @@ export interface GenerateOptions {
   seed?: number;
   /** Stop strings (matched on the text) and/or token-id sequences, on top of the checkpoint's eos. */
   stop?: ReadonlyArray<string | readonly number[]>;
+  /**
+   * Token log-probabilities: every generated token comes with its log-probability and this many
+   * most likely alternatives of its step, 0..20 (0: the chosen token's only). Left out: none, at no
+   * cost. They are the model's own distribution: log_softmax of the step's raw logits, before the
+   * repetition penalty, temperature, top-k and top-p reshape it for sampling.
+   */
+  logprobs?: number;
   signal?: AbortSignal;
+}
+
+/** The most alternatives option logprobs may ask for (csrc/core/sampler.h kMaxTopLogprobs). */
+export const MAX_LOGPROBS = 20;
+
+/** A token and its log-probability at one step. */
+export interface TokenLogprob {
+  /** The token id. */
+  token: number;
+  /**
+   * The token's bytes decoded alone: a piece of a multi-byte character (tokens may split one)
+   * becomes U+FFFD. '' without a tokenizer, or for an id it has no bytes for (a padded
+   * vocabulary's extra rows).
+   */
+  text: string;
+  /** The token's raw bytes (UTF-8, possibly part of a character); [] where `text` is ''. */
+  bytes: number[];
+  /** Natural log of its probability under the model (log_softmax of the step's raw logits). */
+  logprob: number;
+}
+
+/** A generated token's log-probability and the step's most likely tokens (option logprobs). */
+export interface TokenLogprobs extends TokenLogprob {
+  /**
+   * The step's `logprobs` most likely tokens, most likely first (equal ones by lower id); the
+   * generated token is among them when it ranks that high.
+   */
+  top: TokenLogprob[];
 }
 
 export interface GenerateChunk {
   token: number;
   /** New text: only complete UTF-8 characters (a partial one waits for the next token). */
   text: string;
+  /**
+   * With option logprobs: those of `token`. Absent from a last chunk that only flushes text held
+   * back (a partial character, the tail a stop string may still claim).
+   */
+  logprobs?: TokenLogprobs;
 }
 
 export type FinishReason = 'stop' | 'length' | 'context' | 'abort';
@@ -95,6 +135,8 @@ export interface CompletionResult {
   text: string;
   /** Every generated id, including the stop token that ended generation (as Qwen's generate returns). */
   tokens: number[];
+  /** With option logprobs: one entry per id of `tokens`, the stop token's included. */
+  logprobs?: TokenLogprobs[];
   finishReason: FinishReason;
   usage: { promptTokens: number; completionTokens: number; totalTokens: number };
 }
@@ -368,6 +410,7 @@ export class Model {
     checkNumber('topK', o.topK, 0, 1 << 24, true);
     checkNumber('repetitionPenalty', o.repetitionPenalty, 0.01, 100);
     checkNumber('seed', o.seed, 0, Number.MAX_SAFE_INTEGER, true);
+    checkNumber('logprobs', o.logprobs, 0, MAX_LOGPROBS, true);
     if (o.doSample !== undefined && typeof o.doSample !== 'boolean') throw new TypeError('option doSample must be a boolean');
     const stopStrings: string[] = [];
     const stopSequences: number[][] = [...extraStops];
@@ -404,6 +447,7 @@ export class Model {
         topP: fromFile(o.topP, 'top_p', 1.0, 'topP', 0, 1),
         repetitionPenalty: fromFile(o.repetitionPenalty, 'repetition_penalty', 1.0, 'repetitionPenalty', 0.01, 100),
         seed: o.seed ?? randomInt(0, 2 ** 47),
+        logprobs: o.logprobs ?? -1,
         stopSequences,
       },
       stopStrings,
@@ -431,7 +475,8 @@ export class Model {
     onChunk: ((c: GenerateChunk) => void) | null,
   ): Promise<CompletionResult> {
     const { opts, stopStrings } = this.#nativeOptions(o, extraStops);
-    if (o.signal?.aborted) throw new AbortError(emptyResult(promptIds.length));
+    const logprobs: TokenLogprobs[] | null = o.logprobs !== undefined ? [] : null;
+    if (o.signal?.aborted) throw new AbortError(emptyResult(promptIds.length, logprobs));
     const seq = this.createSequence();
     const tok = this.tokenizer;
     const decoder = tok ? new TextStreamDecoder(tok) : null;
@@ -447,7 +492,7 @@ export class Model {
       let failure: unknown = null; // thrown while handling a token (say, by onChunk): ends the run
       const reason = await new Promise<FinishReason>((resolve, reject) => {
         // A synchronous throw (a full queue) rejects this promise.
-        this.#submit(nseq, promptIds, opts, (kind, a, b) => {
+        this.#submit(nseq, promptIds, opts, (kind, a, b, c) => {
           if (kind === 'done') {
             if (a || failure) reject(a || failure);
             else resolve(stoppedByString ? 'stop' : (b as FinishReason));
@@ -455,16 +500,19 @@ export class Model {
           }
           if (stoppedByString || failure) return;
           try {
-            onToken(a as number, b as boolean);
+            onToken(a as number, b as boolean, c);
           } catch (err) {
             failure = err;
             nseq.abort();
           }
         });
-        const onToken = (id: number, stop: boolean) => {
+        const onToken = (id: number, stop: boolean, native?: NativeLogprobs) => {
           tokens.push(id);
+          const lp = native && tokenLogprobs(tok, id, native);
+          if (lp) logprobs?.push(lp);
+          const withLp = lp ? { logprobs: lp } : {};
           if (stop || !decoder) {
-            if (onChunk && !decoder && !stop) onChunk({ token: id, text: '' });
+            if (onChunk && !decoder && !stop) onChunk({ token: id, text: '', ...withLp });
             return;
           }
           // Ids past the tokenizer's (the padding rows of a 151936/152064-row vocabulary) have no text.
@@ -478,7 +526,7 @@ export class Model {
             }
           }
           const safe = stoppedByString ? text.length : Math.max(emitted, text.length - holdBack);
-          if (onChunk) onChunk({ token: id, text: text.slice(emitted, safe) });
+          if (onChunk) onChunk({ token: id, text: text.slice(emitted, safe), ...withLp });
           emitted = safe;
         };
       });
@@ -487,6 +535,7 @@ export class Model {
       const result: CompletionResult = {
         text,
         tokens,
+        ...(logprobs ? { logprobs } : {}),
         finishReason: reason,
         usage: { promptTokens: promptIds.length, completionTokens: tokens.length, totalTokens: promptIds.length + tokens.length },
       };
@@ -645,6 +694,29 @@ function checkChatInput(o: { history?: unknown; system?: unknown }): void {
   });
 }
 
-function emptyResult(promptTokens: number): CompletionResult {
-  return { text: '', tokens: [], finishReason: 'abort', usage: { promptTokens, completionTokens: 0, totalTokens: promptTokens } };
+function emptyResult(promptTokens: number, logprobs: TokenLogprobs[] | null): CompletionResult {
+  return {
+    text: '',
+    tokens: [],
+    ...(logprobs ? { logprobs } : {}),
+    finishReason: 'abort',
+    usage: { promptTokens, completionTokens: 0, totalTokens: promptTokens },
+  };
+}
+
+/** A token's id, text and bytes (through the tokenizer) with its log-probability. */
+function tokenLogprob(tok: Tokenizer | null, id: number, logprob: number): TokenLogprob {
+  let bytes: Uint8Array | null = null;
+  if (tok && id < tok.vocabSize) {
+    try {
+      bytes = tok.tokenBytes(id);
+    } catch {
+      // an id the vocabulary skips: no bytes
+    }
+  }
+  return bytes ? { token: id, text: tok!.decode([id]), bytes: Array.from(bytes), logprob } : { token: id, text: '', bytes: [], logprob };
+}
+
+function tokenLogprobs(tok: Tokenizer | null, id: number, n: NativeLogprobs): TokenLogprobs {
+  return { ...tokenLogprob(tok, id, n.logprob), top: n.topIds.map((t, k) => tokenLogprob(tok, t, n.topLogprobs[k])) };
 }

@@ -26,15 +26,27 @@ export interface NativeConfig {
   gptq: { bits: number; groupSize: number; descAct: boolean } | null;
 }
 
+/** One generated token's log-probabilities as csrc/napi/sequence.cpp hands them over (TokenLogprobs). */
+export interface NativeLogprobs {
+  logprob: number;
+  /** Most likely first; ties by lower id. */
+  topIds: number[];
+  topLogprobs: number[];
+}
+
 export interface NativeSequence {
   length(): number;
   tokens(): Int32Array | null;
   busy(): boolean;
   eval(ids: Int32Array, allLogits: boolean): Promise<Float32Array>;
+  /**
+   * 'token' (id, stop, logprobs: NativeLogprobs | undefined) per generated token, then 'done'
+   * (Error | null, finish reason). Option logprobs: -1 = off, else the number of top ids (0..20).
+   */
   generate(
     prompt: Int32Array,
     options: Record<string, unknown>,
-    onEvent: (kind: 'token' | 'done', a: unknown, b: unknown) => void,
+    onEvent: (kind: 'token' | 'done', a: unknown, b: unknown, c?: NativeLogprobs) => void,
   ): void;
   abort(): void;
   dispose(): void;

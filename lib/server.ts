@@ -8,9 +8,19 @@ import path from 'node:path';
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { parseArgs } from 'node:util';
 
-import { AbortError, QueueFullError, Model, type CompletionResult, type FinishReason, type GenerateOptions, type LoadOptions } from './model';
+import {
+  AbortError,
+  QueueFullError,
+  MAX_LOGPROBS,
+  Model,
+  type CompletionResult,
+  type FinishReason,
+  type GenerateOptions,
+  type LoadOptions,
+  type TokenLogprobs,
+} from './model';
 import { chatmlBlockIds, chatStopIds, pyStrip, PY_WS_CLASS, type ChatFormat } from './chat';
-import type { Tokenizer } from './tokenizer';
+import { TextStreamDecoder, type Tokenizer } from './tokenizer';
 import { MessageError, normalizeTools, parseReactResponse, REACT_STOP, toQwenTurns, type QwenTurns, type ToolCall } from './react';
 import { WEB_PAGE_HTML } from './web';
 
@@ -145,10 +155,6 @@ function sampling(body: Body, maxChoices: number): Sampling {
   stop = stop.filter((x) => x !== '');
 
   // What the engine cannot do is refused, not faked.
-  if (body.logprobs !== undefined && body.logprobs !== null && body.logprobs !== false)
-    throw unsupported('logprobs', 'token log-probabilities are not available from the generation API yet.');
-  if (body.top_logprobs !== undefined && body.top_logprobs !== null)
-    throw unsupported('top_logprobs', 'token log-probabilities are not available from the generation API yet.');
   for (const p of ['presence_penalty', 'frequency_penalty']) {
     const v = optNumber(body, p, -2, 2);
     if (v !== undefined && v !== 0) throw unsupported(p, 'use repetition_penalty (Qwen\'s multiplicative penalty) instead.');
@@ -172,6 +178,69 @@ function sampling(body: Body, maxChoices: number): Sampling {
 }
 
 const FINISH: Record<FinishReason, 'stop' | 'length'> = { stop: 'stop', length: 'length', context: 'length', abort: 'stop' };
+
+// ---- log-probabilities ----
+
+/** Chat's `logprobs` (boolean) and `top_logprobs` (0..20, only with `logprobs: true`) -> option logprobs. */
+function chatLogprobsOption(body: Body): number | undefined {
+  const on = optBool(body, 'logprobs') ?? false;
+  const top = optNumber(body, 'top_logprobs', 0, MAX_LOGPROBS, true);
+  if (top !== undefined && !on) throw bad(`Invalid 'top_logprobs': 'logprobs' must be set to true when 'top_logprobs' is given.`, 'top_logprobs', 'invalid_value');
+  return on ? (top ?? 0) : undefined;
+}
+
+/** Completions' `logprobs`: the number of most likely tokens, 0..5 (null or false: none). */
+function completionLogprobsOption(body: Body): number | undefined {
+  if (body.top_logprobs !== undefined && body.top_logprobs !== null)
+    throw bad(`Unrecognized request argument 'top_logprobs': on /v1/completions, 'logprobs' is the number of most likely tokens (0..5).`, 'top_logprobs', 'invalid_value');
+  if (body.logprobs === false) return undefined;
+  return optNumber(body, 'logprobs', 0, 5, true);
+}
+
+/** As OpenAI: a log-probability of -inf (a logit of -inf) is sent as -9999. */
+const lpValue = (x: number) => Math.max(x, -9999);
+const lpBytes = (b: number[]) => (b.length ? b : null);
+
+/** `choices[i].logprobs` of a chat completion (or chunk) for these tokens of the reply. */
+function chatLogprobs(lps: TokenLogprobs[]) {
+  return {
+    content: lps.map((t) => ({
+      token: t.text,
+      logprob: lpValue(t.logprob),
+      bytes: lpBytes(t.bytes),
+      top_logprobs: t.top.map((a) => ({ token: a.text, logprob: lpValue(a.logprob), bytes: lpBytes(a.bytes) })),
+    })),
+    refusal: null,
+  };
+}
+
+/**
+ * `choices[i].logprobs` of a text completion, built token by token (a stream sends each token's in
+ * its chunk). text_offset counts code points (as Python's len) from the start of the choice's text.
+ * top_logprobs maps token text to logprob: the most likely tokens plus the chosen one (up to
+ * logprobs + 1 keys, as OpenAI); tokens of the same text share the key of the likelier one.
+ */
+class CompletionLogprobs {
+  #decoder: TextStreamDecoder | null;
+  #offset = 0;
+  constructor(private readonly tok: Tokenizer | null) {
+    this.#decoder = tok ? new TextStreamDecoder(tok) : null;
+  }
+  of(lps: TokenLogprobs[]) {
+    const out = { tokens: [] as string[], token_logprobs: [] as number[], top_logprobs: [] as Record<string, number>[], text_offset: [] as number[] };
+    for (const t of lps) {
+      const top: Record<string, number> = {};
+      for (const a of [...t.top, t]) if (!Object.hasOwn(top, a.text)) top[a.text] = lpValue(a.logprob);
+      out.tokens.push(t.text);
+      out.token_logprobs.push(lpValue(t.logprob));
+      out.top_logprobs.push(top);
+      out.text_offset.push(this.#offset);
+      const text = this.#decoder && t.token < this.tok!.vocabSize ? this.#decoder.push(t.token) : '';
+      for (const _ of text) this.#offset++;
+    }
+    return out;
+  }
+}
 
 // ---- prompts ----
 
@@ -416,13 +485,27 @@ async function all<T>(tasks: ((signal: AbortSignal) => Promise<T>)[], signal: Ab
   return settled.map((s) => (s as PromiseFulfilledResult<T>).value);
 }
 
-/** One generation; `onText` gets each piece of new text. */
-async function generateOne(model: Model, ids: number[], gen: GenerateOptions, onText: ((t: string) => void) | null): Promise<CompletionResult> {
+/**
+ * A finished generation, and with option logprobs those of the tokens its text is made of: every
+ * streamed token (the stop token that ended it is not in the text, nor here).
+ */
+type Generated = CompletionResult & { textLogprobs: TokenLogprobs[] | null };
+
+/** One generation; `onText` gets each piece of new text, and each token's logprobs with its piece ('' if held back). */
+async function generateOne(
+  model: Model,
+  ids: number[],
+  gen: GenerateOptions,
+  onText: ((t: string, logprobs: TokenLogprobs | undefined) => void) | null,
+): Promise<Generated> {
   const it = model.generate(ids, gen);
+  const textLogprobs: TokenLogprobs[] | null = gen.logprobs !== undefined ? [] : null;
   for (;;) {
     const r = await it.next();
-    if (r.done) return r.value;
-    if (onText && r.value.text) onText(r.value.text);
+    if (r.done) return { ...r.value, textLogprobs };
+    const lp = r.value.logprobs;
+    if (lp) textLogprobs?.push(lp);
+    if (onText && (r.value.text || lp)) onText(r.value.text, lp);
   }
 }
 
@@ -466,6 +549,8 @@ function withSeed(s: Sampling, i: number, signal: AbortSignal, stop: (string | n
 
 async function chatCompletions(ctx: Ctx, body: Body, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
   const s = sampling(body, ctx.maxChoices);
+  const logprobs = chatLogprobsOption(body);
+  if (logprobs !== undefined) s.gen.logprobs = logprobs;
   const model = ctx.model;
   const tok = model.tokenizer;
   if (!tok) throw new HttpError(500, `the model has no tokenizer (no qwen.tiktoken in ${model.dir})`);
@@ -533,7 +618,7 @@ async function chatCompletions(ctx: Ctx, body: Body, req: http.IncomingMessage, 
       object: 'chat.completion',
       created,
       model: ctx.modelId,
-      choices: results.map((r, index) => ({ index, ...message(r), logprobs: null })),
+      choices: results.map((r, index) => ({ index, ...message(r), logprobs: r.textLogprobs ? chatLogprobs(r.textLogprobs) : null })),
       usage: usageOf(ids.length, results),
     });
     return;
@@ -541,8 +626,8 @@ async function chatCompletions(ctx: Ctx, body: Body, req: http.IncomingMessage, 
 
   let sse: Sse | null = null;
   const usageField = s.includeUsage ? { usage: null } : {};
-  const chunk = (index: number, delta: Record<string, unknown>, finish: string | null) =>
-    sse!.send({ ...head, choices: [{ index, delta, logprobs: null, finish_reason: finish }], ...usageField });
+  const chunk = (index: number, delta: Record<string, unknown>, finish: string | null, lps: TokenLogprobs[] | null = null) =>
+    sse!.send({ ...head, choices: [{ index, delta, logprobs: lps ? chatLogprobs(lps) : null, finish_reason: finish }], ...usageField });
   try {
     const results = await admit(ctx, res, (signal) => {
       sse = new Sse(res);
@@ -551,18 +636,25 @@ async function chatCompletions(ctx: Ctx, body: Body, req: http.IncomingMessage, 
         Array.from({ length: s.n }, (_, i) => async (sig: AbortSignal) => {
           // With tools the reply is parsed whole (a call or an answer), so it is sent at the end.
           const strip = tools.length ? null : new StripStream();
-          const r = await generateOne(model, ids, withSeed(s, i, sig, stop), strip ? (t) => {
+          const r = await generateOne(model, ids, withSeed(s, i, sig, stop), strip ? (t, lp) => {
             const d = strip.push(t);
-            if (d) chunk(i, { content: d }, null);
+            if (d || lp) chunk(i, { content: d }, null, lp ? [lp] : null);
           } : null);
           const m = message(r);
+          // With tools, the reply's logprobs go with the first of the chunks that send it whole.
+          let pending = tools.length ? r.textLogprobs : null;
+          const take = () => {
+            const l = pending;
+            pending = null;
+            return l;
+          };
           if (tools.length) {
             const msg = m.message as { content: string | null; tool_calls?: ToolCall[]; function_call?: unknown };
-            if (msg.content) chunk(i, { content: msg.content }, null);
-            if (msg.tool_calls) chunk(i, { tool_calls: msg.tool_calls.map((c, index) => ({ index, ...c })) }, null);
-            if (msg.function_call) chunk(i, { function_call: msg.function_call }, null);
+            if (msg.content) chunk(i, { content: msg.content }, null, take());
+            if (msg.tool_calls) chunk(i, { tool_calls: msg.tool_calls.map((c, index) => ({ index, ...c })) }, null, take());
+            if (msg.function_call) chunk(i, { function_call: msg.function_call }, null, take());
           }
-          chunk(i, {}, m.finish_reason);
+          chunk(i, {}, m.finish_reason, take());
           return r;
         }),
         signal,
@@ -605,13 +697,16 @@ function prompts(v: unknown, tok: Tokenizer | null): { ids: number[]; text: stri
 
 async function completions(ctx: Ctx, body: Body, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
   const s = sampling(body, ctx.maxChoices);
+  const logprobs = completionLogprobsOption(body);
+  if (logprobs !== undefined) s.gen.logprobs = logprobs;
   const model = ctx.model;
   const list = prompts(body.prompt, model.tokenizer);
   if (list.length * s.n > ctx.maxChoices) throw bad(`Too many choices: ${list.length} prompts x n=${s.n} > ${ctx.maxChoices}.`, 'n', 'invalid_value');
   const echo = optBool(body, 'echo') ?? false;
+  if (echo && logprobs !== undefined) throw unsupported('echo', "with 'logprobs' it would need the prompt tokens' log-probabilities, which are not computed.");
   if (body.suffix !== undefined && body.suffix !== null && body.suffix !== '') throw unsupported('suffix', 'no fill-in-the-middle.');
   const bestOf = optNumber(body, 'best_of', 1, ctx.maxChoices, true);
-  if (bestOf !== undefined && bestOf !== s.n && bestOf !== 1) throw unsupported('best_of', 'ranking choices needs log-probabilities; use n.');
+  if (bestOf !== undefined && bestOf !== s.n && bestOf !== 1) throw unsupported('best_of', 'choices are not ranked; use n.');
   list.forEach((p, i) => checkContext(ctx, p.ids.length, list.length > 1 ? `prompt[${i}]` : 'prompt'));
   const promptTokens = list.reduce((a, p) => a + p.ids.length, 0);
   const id = newId('cmpl-');
@@ -628,7 +723,12 @@ async function completions(ctx: Ctx, body: Body, req: http.IncomingMessage, res:
       object: 'text_completion',
       created,
       model: ctx.modelId,
-      choices: results.map((r, index) => ({ index, text: (echo ? jobs[index].p.text : '') + r.text, logprobs: null, finish_reason: FINISH[r.finishReason] })),
+      choices: results.map((r, index) => ({
+        index,
+        text: (echo ? jobs[index].p.text : '') + r.text,
+        logprobs: r.textLogprobs ? new CompletionLogprobs(model.tokenizer).of(r.textLogprobs) : null,
+        finish_reason: FINISH[r.finishReason],
+      })),
       usage: usageOf(promptTokens, results),
     });
     return;
@@ -637,15 +737,16 @@ async function completions(ctx: Ctx, body: Body, req: http.IncomingMessage, res:
   let sse: Sse | null = null;
   const head = { id, object: 'text_completion', created, model: ctx.modelId };
   const usageField = s.includeUsage ? { usage: null } : {};
-  const chunk = (index: number, text: string, finish: string | null) =>
-    sse!.send({ ...head, choices: [{ index, text, logprobs: null, finish_reason: finish }], ...usageField });
+  const chunk = (index: number, text: string, finish: string | null, logprobs: ReturnType<CompletionLogprobs['of']> | null = null) =>
+    sse!.send({ ...head, choices: [{ index, text, logprobs, finish_reason: finish }], ...usageField });
   try {
     const results = await admit(ctx, res, (signal) => {
       sse = new Sse(res);
       return all(
         jobs.map(({ p, i }, index) => async (sig: AbortSignal) => {
           if (echo) chunk(index, p.text, null);
-          const r = await generateOne(model, p.ids, withSeed(s, i, sig, s.stop), (t) => chunk(index, t, null));
+          const lps = new CompletionLogprobs(model.tokenizer);
+          const r = await generateOne(model, p.ids, withSeed(s, i, sig, s.stop), (t, lp) => chunk(index, t, null, lp ? lps.of([lp]) : null));
           chunk(index, '', FINISH[r.finishReason]);
           return r;
         }),

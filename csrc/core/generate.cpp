@@ -27,9 +27,10 @@ Generation::Generation(KvCache& cache, std::vector<int32_t> prompt, const Genera
     : cache_(cache), prompt_(std::move(prompt)), opt_(opt), vocab_(vocab), rng_(opt.sampling.seed) {
   if (prompt_.empty()) throw Error("generate: the prompt is empty");
   // Greedy without a repetition penalty is the argmax of the raw logits: the backend may pick it
-  // (CUDA: 4 bytes back instead of V floats); sample_token otherwise.
+  // (CUDA: 4 bytes back instead of V floats); sample_token otherwise. Log-probabilities need the
+  // logits themselves.
   const SamplingOptions& so = opt.sampling;
-  argmax_ok_ = (!so.do_sample || so.temperature <= 0.0f) && so.repetition_penalty == 1.0f;
+  argmax_ok_ = (!so.do_sample || so.temperature <= 0.0f) && so.repetition_penalty == 1.0f && opt.logprobs < 0;
 }
 
 void Generation::input(int max_chunk, const int32_t** ids, int* n) const {
@@ -57,14 +58,21 @@ void Generation::advance(int n, float* logits, const int32_t* token, const std::
     }
   }
   if (check_abort(abort)) return;
+  // Log-probabilities are of the model's distribution: taken from the logits before sample_token
+  // penalizes and scales them in place.
+  const bool want_lp = opt_.logprobs >= 0 && !token;
+  if (want_lp) raw_.assign(logits, logits + vocab_);
   const int32_t tok = token ? *token : sample_token(logits, vocab_, opt_.sampling, cache_.tokens, rng_);
+  TokenLogprobs lp;
+  if (want_lp) token_logprobs(raw_.data(), vocab_, tok, opt_.logprobs, &lp);
+  const TokenLogprobs* lpp = want_lp ? &lp : nullptr;
   generated_.push_back(tok);
   for (const auto& s : opt_.stop_sequences)
     if (ends_with(generated_, s)) {
-      on_token(tok, true);
+      on_token(tok, true, lpp);
       return finish(FinishReason::Stop);
     }
-  on_token(tok, false);
+  on_token(tok, false, lpp);
   if (int(generated_.size()) >= opt_.max_new_tokens) return finish(FinishReason::Length);
   if (cache_.length >= cache_.capacity) return finish(FinishReason::ContextLimit);
   if (check_abort(abort)) return;

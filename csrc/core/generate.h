@@ -16,14 +16,19 @@ struct GenerateOptions {
   int max_new_tokens = 512;
   SamplingOptions sampling;
   std::vector<std::vector<int32_t>> stop_sequences;  // eos and stop words, as id sequences
+  // -1: off. 0..kMaxTopLogprobs: every token is reported with its log-probability and this many
+  // most likely alternatives (TokenLogprobs). This forgoes the backend's argmax (it needs the logits)
+  // and copies each step's logits once; off, it costs nothing.
+  int logprobs = -1;
 };
 
 enum class FinishReason { Stop, Length, ContextLimit, Aborted };
 const char* finish_reason_name(FinishReason r);
 
 // Called for every chosen token; `stop` is true for the token that completed a stop sequence
-// (it is the last one reported).
-using TokenFn = std::function<void(int32_t token, bool stop)>;
+// (it is the last one reported). `logprobs` is null unless GenerateOptions::logprobs asks for them
+// (then it points at this step's, valid during the call).
+using TokenFn = std::function<void(int32_t token, bool stop, const TokenLogprobs* logprobs)>;
 
 // One sequence's generation as a state machine, stepped by whoever runs the forward passes
 // (generate() below: one sequence alone; Engine: many in one batch). Each step: input() gives
@@ -45,7 +50,8 @@ class Generation {
   bool prefilling() const { return fed_ < prompt_.size(); }
   int prompt_length() const { return int(prompt_.size()); }
   int prompt_left() const { return int(prompt_.size() - fed_); }
-  // Greedy without a repetition penalty: the backend may pick the token (forward_argmax).
+  // Greedy, with no repetition penalty and no log-probabilities asked for: the backend may pick the
+  // token (forward_argmax).
   bool argmax_ok() const { return argmax_ok_; }
   void no_argmax() { argmax_ok_ = false; }  // the backend does not implement it
   // After the forward pass of input()'s n ids: `token` when the backend chose the token (argmax),
@@ -67,6 +73,7 @@ class Generation {
   int32_t next_ = 0;       // the generated token to feed next (once the prompt is in)
   Rng rng_;
   std::vector<int32_t> generated_;
+  std::vector<float> raw_;  // logprobs only: the step's logits as the model gave them
   bool argmax_ok_;
   bool finished_ = false;
   FinishReason reason_ = FinishReason::Stop;

@@ -34,6 +34,31 @@ uint64_t Rng::next() {
 
 double Rng::uniform() { return double(next() >> 11) * (1.0 / 9007199254740992.0); }
 
+void token_logprobs(const float* logits, int vocab, int32_t chosen, int top, TokenLogprobs* out) {
+  // log p_i = l_i - lse, lse = m + log(sum_j exp(l_j - m)) with m the largest logit: every term of
+  // the float64 sum is <= 1 and one is exactly 1, so it neither overflows nor underflows.
+  float m = -INFINITY;
+  for (int i = 0; i < vocab; i++) m = std::max(m, logits[i]);
+  double sum = 0;
+  for (int i = 0; i < vocab; i++) sum += std::exp(double(logits[i]) - double(m));
+  const double lse = double(m) + std::log(sum);
+  out->logprob = double(logits[chosen]) - lse;
+  // The top ids in one pass, an insertion into a short sorted list. Ids come in ascending order
+  // and only a strictly larger logit moves ahead, so ties stay ordered by id.
+  top = std::clamp(top, 0, kMaxTopLogprobs);
+  int32_t* ids = out->top_ids;
+  int n = 0;
+  for (int i = 0; i < vocab && top > 0; i++) {
+    const float l = logits[i];
+    if (n == top && !(l > logits[ids[n - 1]])) continue;
+    int j = n < top ? n++ : n - 1;
+    for (; j > 0 && l > logits[ids[j - 1]]; j--) ids[j] = ids[j - 1];
+    ids[j] = int32_t(i);
+  }
+  out->n_top = n;
+  for (int k = 0; k < n; k++) out->top_logprobs[k] = double(logits[ids[k]]) - lse;
+}
+
 int32_t sample_token(float* logits, int vocab, const SamplingOptions& opt, const std::vector<int32_t>& history, Rng& rng) {
   // Scratch reused across tokens (a generation samples on one thread): no per-token allocation
   // of vocabulary-sized buffers.

@@ -17,6 +17,7 @@ struct SeqEvent {
   enum Kind { Token, Done } kind;
   int32_t token = 0;
   bool stop = false;
+  std::unique_ptr<TokenLogprobs> logprobs = nullptr;  // when the generation asked for them
 };
 void seq_call_js(Napi::Env env, Napi::Function cb, SeqJob* job, SeqEvent* ev);
 using SeqTsfn = Napi::TypedThreadSafeFunction<SeqJob, SeqEvent, seq_call_js>;
@@ -65,7 +66,22 @@ void seq_call_js(Napi::Env env, Napi::Function cb, SeqJob* job, SeqEvent* ev) {
 
 void seq_call_js_body(Napi::Env env, Napi::Function cb, SeqJob* job, SeqEvent* ev) {
   if (ev->kind == SeqEvent::Token) {
-    cb.Call({Napi::String::New(env, "token"), Napi::Number::New(env, ev->token), Napi::Boolean::New(env, ev->stop)});
+    Napi::Value lp = env.Undefined();
+    if (const TokenLogprobs* t = ev->logprobs.get()) {
+      // {logprob, topIds: number[], topLogprobs: number[]}
+      Napi::Object o = Napi::Object::New(env);
+      Napi::Array ids = Napi::Array::New(env, size_t(t->n_top));
+      Napi::Array lps = Napi::Array::New(env, size_t(t->n_top));
+      for (int k = 0; k < t->n_top; k++) {
+        ids.Set(uint32_t(k), Napi::Number::New(env, t->top_ids[k]));
+        lps.Set(uint32_t(k), Napi::Number::New(env, t->top_logprobs[k]));
+      }
+      o.Set("logprob", Napi::Number::New(env, t->logprob));
+      o.Set("topIds", ids);
+      o.Set("topLogprobs", lps);
+      lp = o;
+    }
+    cb.Call({Napi::String::New(env, "token"), Napi::Number::New(env, ev->token), Napi::Boolean::New(env, ev->stop), lp});
     return;
   }
   if (job->generate) {
@@ -135,7 +151,11 @@ void submit_generate(Napi::Env env, SeqJob* job, Napi::Function cb) {
   r.options = job->gopt;
   r.abort = &st.abort;
   r.cache = &st.cache;
-  r.on_token = [job](int32_t tok, bool stop) { job->tsfn.BlockingCall(new SeqEvent{SeqEvent::Token, tok, stop}); };
+  r.on_token = [job](int32_t tok, bool stop, const TokenLogprobs* lp) {
+    auto* ev = new SeqEvent{SeqEvent::Token, tok, stop};
+    if (lp) ev->logprobs = std::make_unique<TokenLogprobs>(*lp);
+    job->tsfn.BlockingCall(ev);
+  };
   r.on_done = [job, release](FinishReason reason, const std::string& error) {
     job->reason = reason;
     job->error = error;
@@ -263,7 +283,8 @@ Napi::Value NativeSequence::Eval(const Napi::CallbackInfo& info) {
   return p;
 }
 
-// generate(promptIds, options, onEvent(kind, a, b)): 'token' (id, stop) ... then 'done' (error|null, reason)
+// generate(promptIds, options, onEvent(kind, a, b, c)): 'token' (id, stop, logprobs|undefined) ... then
+// 'done' (error|null, reason)
 Napi::Value NativeSequence::Generate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[1].IsObject() || !info[2].IsFunction())
@@ -281,6 +302,10 @@ Napi::Value NativeSequence::Generate(const Napi::CallbackInfo& info) {
   g.sampling.top_p = float(num_opt(o, "topP", 1.0));
   g.sampling.repetition_penalty = float(num_opt(o, "repetitionPenalty", 1.0));
   g.sampling.seed = uint64_t(num_opt(o, "seed", 0));
+  const double logprobs = num_opt(o, "logprobs", -1);
+  if (!(logprobs >= -1 && logprobs <= kMaxTopLogprobs))
+    throw Napi::RangeError::New(env, "option logprobs must be -1 (off) or in [0, " + std::to_string(kMaxTopLogprobs) + "]");
+  g.logprobs = int(logprobs);
   Napi::Value stops = o.Get("stopSequences");
   if (stops.IsArray()) {
     Napi::Array a = stops.As<Napi::Array>();
