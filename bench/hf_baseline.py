@@ -2,10 +2,13 @@
 
   python3 bench/hf_baseline.py --shape 7b [--ctx 128,4096] [--steps 32] [--warmup 4] [--prefill 2048] [--reps 3]
 
-transformers has no Qwen v1 (its code ships with the checkpoints); Qwen2ForCausalLM with
-num_key_value_heads = num_attention_heads (MHA) and intermediate_size = F is the same block at the
-same cost: qkv with bias, o_proj without, SwiGLU MLP of width F, RMSNorm, untied lm_head. Random
-weights, bf16, SDPA attention, built directly on the GPU (no checkpoint to load).
+Qwen2ForCausalLM, random weights, bf16, SDPA attention, built directly on the GPU (no checkpoint
+to load). For the qwen2 shapes (Qwen2.5-7B) it is the model itself: grouped KV heads, q/k/v with
+bias, o_proj without, SwiGLU MLP of width F, RMSNorm, rope_theta 1e6, untied lm_head.
+transformers has no Qwen v1 (its code ships with the checkpoints); for the v1 shapes,
+num_key_value_heads = num_attention_heads (MHA) and intermediate_size = F give the same block at
+the same cost. GPTQ shapes are not measured (one "not measured: why" line): transformers runs a
+GPTQ checkpoint only through optimum and a GPTQ kernel package, which this harness does not use.
 
 Measured as a user runs it in eager mode: decode = the model's forward in a loop, one token a
 step, with the DynamicCache it returns (greedy argmax on the GPU, no sampling, no generate()
@@ -14,13 +17,12 @@ building the cache, logits of the last position only (logits_to_keep=1, as gener
 Prints JSON lines {impl: "hf-transformers", shape, metric, value, ...}; a measurement that fails
 prints {..., error} and the rest still run.
 """
-import argparse, json, os, signal, statistics, subprocess, sys, threading, time
+import argparse, importlib.util, json, os, signal, statistics, subprocess, sys, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from shapes import SHAPES, parse_shape  # noqa: E402
 
-import torch  # noqa: E402
-
+torch = None  # imported in main(), after the GPTQ shapes (which need no torch) have been answered
 IMPL = "hf-transformers"
 DEV = "cuda"  # --device cpu exists only to check this script where there is no GPU
 
@@ -76,8 +78,8 @@ def build(s, max_pos):
     from transformers import Qwen2Config, Qwen2ForCausalLM
     cfg = Qwen2Config(
         vocab_size=s["V"], hidden_size=s["H"], intermediate_size=s["F"], num_hidden_layers=s["L"],
-        num_attention_heads=s["n"], num_key_value_heads=s["n"], max_position_embeddings=max_pos,
-        rms_norm_eps=1e-6, tie_word_embeddings=False, use_cache=True, attn_implementation="sdpa",
+        num_attention_heads=s["n"], num_key_value_heads=s["n_kv"], max_position_embeddings=max_pos,
+        rope_theta=s["theta"], rms_norm_eps=1e-6, tie_word_embeddings=False, use_cache=True, attn_implementation="sdpa",
     )
     cfg._attn_implementation = "sdpa"
     # Built in place on the GPU in bf16: its random init runs there, no CPU copy of 15 GB.
@@ -90,6 +92,13 @@ def build(s, max_pos):
         torch.set_default_dtype(old)
     model = model.to(device=DEV, dtype=torch.bfloat16).eval()
     return model
+
+
+def gptq_not_measured(s):
+    """Why a GPTQ shape has no Hugging Face numbers (a line for the table's footnotes)."""
+    have = [m for m in ("optimum", "gptqmodel", "auto_gptq") if importlib.util.find_spec(m)]
+    return (f"not measured: this harness has no GPTQ path for transformers, which runs a GPTQ int{s['bits']} checkpoint "
+            f"only through optimum plus gptqmodel or auto-gptq kernels (installed here: {', '.join(have) or 'none of them'})")
 
 
 def forward(model, ids, past=None):
@@ -122,7 +131,6 @@ def timed(fn):
     return out, s.elapsed_time(e) / 1000
 
 
-@torch.inference_mode()
 def decode(model, shape, V, ctx, steps, warmup):
     ids = torch.randint(0, min(V, 151643), (1, ctx), device=DEV)
     out, prefill_s = timed(lambda: forward(model, ids))
@@ -148,7 +156,6 @@ def decode(model, shape, V, ctx, steps, warmup):
     del out, past
 
 
-@torch.inference_mode()
 def prefill(model, shape, V, T, reps):
     ids = torch.randint(0, min(V, 151643), (1, T), device=DEV)
     forward(model, ids)  # warm-up: cuBLAS heuristics, allocator
@@ -168,9 +175,14 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     a = ap.parse_args()
-    global DEV
-    DEV = a.device
     s, shape = parse_shape(a.shape), a.shape
+    if s.get("bits"):
+        emit(shape, metric="run", error=gptq_not_measured(s))
+        log(shape, "GPTQ shape: not measured")
+        return
+    global DEV, torch
+    DEV = a.device
+    import torch
     ctxs = [int(c) for c in a.ctx.split(",") if c]
     smi = SmiSampler() if DEV == "cuda" else SmiSampler.off()
     try:
@@ -201,7 +213,8 @@ def main():
     try:
         for rec, job in jobs:
             try:
-                job()
+                with torch.inference_mode():
+                    job()
                 log(shape, f"{rec} done")
             except Exception as e:  # noqa: BLE001
                 emit(shape, **rec, error=f"{type(e).__name__}: {e}")

@@ -1,78 +1,80 @@
-"""Writes a random Qwen v1 bf16 checkpoint folder (SPEC 1-2) of a benchmark shape.
+"""Writes a random checkpoint folder of a benchmark shape: Qwen v1 (SPEC 1-2) or qwen2 (SPEC 10),
+bf16 or GPTQ (SPEC 4).
 
   python3 bench/make_checkpoint.py --shape 7b --out /tmp/bench-ckpt/7b [--skip-if-present]
 
 The cost of a forward pass does not depend on the weights' values, so random N(0, 0.02) matrices
 and biases with unit norm weights stand in for a real release. The folder holds config.json (the
-keys of Qwen-7B's own, model_type "qwen"), generation_config.json (a base release's) and one
-model.safetensors, and last a marker file, bench-checkpoint.json: a folder without it is
-incomplete and gets rewritten.
+keys of Qwen-7B's own, model_type "qwen"; or Qwen2.5-7B-Instruct's, model_type "qwen2", which
+transformers' Qwen2ForCausalLM loads), generation_config.json (a base release's), for v1 GPTQ
+quantize_config.json, and one model.safetensors, and last a marker file, bench-checkpoint.json: a
+folder without it is incomplete and gets rewritten. No tokenizer files: the benchmark feeds ids,
+and neither Model.load nor from_pretrained needs them.
 
-Speed (7B is 15.4 GB): each tensor is drawn on the GPU with torch, copied to the host and written
-straight into the file, whose safetensors header we write ourselves (8-byte little-endian header
-length, the JSON header, then the raw tensors), so no whole-model copy is ever held in memory; a
-writer thread overlaps the disk write of one tensor with drawing the next. Without CUDA it draws
-on the CPU (torch, else numpy): fine for the `tiny` shape the harness is tested with.
+Speed (7B is 15.4 GB, Qwen2.5-7B 15.2 GB): each tensor is drawn on the GPU with torch, copied to
+the host and written straight into the file, whose safetensors header we write ourselves (8-byte
+little-endian header length, the JSON header, then the raw tensors), so no whole-model copy is ever
+held in memory; a writer thread overlaps the disk write of one tensor with drawing the next.
+Without CUDA it draws on the CPU (torch, else numpy): fine for the `tiny` / `qwen2-tiny` shapes the
+harness is tested with.
 """
 import argparse, json, os, shutil, sys, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from shapes import SHAPES, parse_shape  # noqa: E402
+from shapes import SHAPES, layer_linears, parse_shape  # noqa: E402
 
 MARKER = "bench-checkpoint.json"
 STD = 0.02
 
 
-def tensor_list(H, L, F, V, bits=None, G=None, **_):
-    """(name, shape, kind[, dtype]) in SPEC 2's order; kind 'ones' for norm weights, else random.
+# Tensor names per arch: (embedding, layer prefix, norm before attention, norm before the MLP,
+# final norm). lm_head.weight is the same in both.
+NAMES = {
+    "qwen": ("transformer.wte.weight", "transformer.h.{}.", "ln_1.weight", "ln_2.weight", "transformer.ln_f.weight"),
+    "qwen2": ("model.embed_tokens.weight", "model.layers.{}.", "input_layernorm.weight", "post_attention_layernorm.weight",
+              "model.norm.weight"),
+}
 
-    With bits (a GPTQ shape), the five linears of each layer become SPEC 4's qweight / qzeros /
-    scales / g_idx / bias and the other tensors are fp16, as Qwen's Int4/Int8 releases store them.
+
+def tensor_list(s):
+    """(name, shape, kind, dtype) of shape dict s in the model's order; kind 'ones' for norm
+    weights, else random. v1: SPEC 2's names; qwen2: SPEC 10's, as transformers' Qwen2ForCausalLM
+    names its state dict.
+
+    With bits (a GPTQ shape), each linear of a layer becomes SPEC 4's qweight / qzeros / scales /
+    g_idx (and a bias where shapes.layer_linears says the release stores one) and the other tensors
+    are fp16, as Qwen's Int4/Int8 releases store them.
     """
-    if bits:
-        return gptq_tensor_list(H, L, F, V, bits, G)
-    out = [("transformer.wte.weight", [V, H], "rand")]
+    H, L, V, bits, G = s["H"], s["L"], s["V"], s.get("bits"), s.get("G")
+    wte, layer, ln_1, ln_2, ln_f = NAMES[s["arch"]]
+    fdt = "F16" if bits else "BF16"
+    P = 32 // bits if bits else 0
+    zero_word = {4: 0x77777777, 8: 0x7F7F7F7F}.get(bits)  # sym: every stored zero is 2^(bits-1) - 1
+
+    def linear(prefix, K, N, bias):
+        if bits:
+            out = [
+                (prefix + ".qweight", [K // P, N], "rand_i32", "I32"),
+                (prefix + ".qzeros", [K // G, N // P], ("const_i32", zero_word), "I32"),
+                (prefix + ".scales", [K // G, N], "scale", "F16"),
+                (prefix + ".g_idx", [K], ("gidx", G), "I32"),
+            ]
+        else:
+            out = [(prefix + ".weight", [N, K], "rand", fdt)]
+        return out + ([(prefix + ".bias", [N], "rand", fdt)] if bias else [])
+
+    attn, mlp = layer_linears(**s)
+    out = [(wte, [V, H], "rand", fdt)]
     for i in range(L):
-        p = f"transformer.h.{i}."
-        out += [
-            (p + "ln_1.weight", [H], "ones"),
-            (p + "attn.c_attn.weight", [3 * H, H], "rand"),
-            (p + "attn.c_attn.bias", [3 * H], "rand"),
-            (p + "attn.c_proj.weight", [H, H], "rand"),
-            (p + "ln_2.weight", [H], "ones"),
-            (p + "mlp.w1.weight", [F, H], "rand"),
-            (p + "mlp.w2.weight", [F, H], "rand"),
-            (p + "mlp.c_proj.weight", [H, F], "rand"),
-        ]
-    out += [("transformer.ln_f.weight", [H], "ones"), ("lm_head.weight", [V, H], "rand")]
+        p = layer.format(i)
+        out.append((p + ln_1, [H], "ones", fdt))
+        for name, K, N, bias in attn:
+            out += linear(p + name, K, N, bias)
+        out.append((p + ln_2, [H], "ones", fdt))
+        for name, K, N, bias in mlp:
+            out += linear(p + name, K, N, bias)
+    out += [(ln_f, [H], "ones", fdt), ("lm_head.weight", [V, H], "rand", fdt)]
     return out
-
-
-def gptq_tensor_list(H, L, F, V, bits, G):
-    P = 32 // bits
-    zero_word = {4: 0x77777777, 8: 0x7F7F7F7F}[bits]  # sym: every stored zero is 2^(bits-1) - 1
-
-    def linear(prefix, K, N):
-        return [
-            (prefix + ".qweight", [K // P, N], "rand_i32", "I32"),
-            (prefix + ".qzeros", [K // G, N // P], ("const_i32", zero_word), "I32"),
-            (prefix + ".scales", [K // G, N], "scale", "F16"),
-            (prefix + ".g_idx", [K], ("gidx", G), "I32"),
-            (prefix + ".bias", [N], "rand", "F16"),
-        ]
-
-    out = [("transformer.wte.weight", [V, H], "rand", "F16")]
-    for i in range(L):
-        p = f"transformer.h.{i}."
-        out += [(p + "ln_1.weight", [H], "ones", "F16")] + linear(p + "attn.c_attn", H, 3 * H)
-        out += linear(p + "attn.c_proj", H, H) + [(p + "ln_2.weight", [H], "ones", "F16")]
-        out += linear(p + "mlp.w1", H, F) + linear(p + "mlp.w2", H, F) + linear(p + "mlp.c_proj", F, H)
-    out += [("transformer.ln_f.weight", [H], "ones", "F16"), ("lm_head.weight", [V, H], "rand", "F16")]
-    return out
-
-
-def dtype_of(t):
-    return t[3] if len(t) > 3 else "BF16"
 
 
 def numel(shape):
@@ -86,7 +88,7 @@ def safetensors_header(tensors):
     """The header bytes (length prefix included); data_offsets are relative to the data start."""
     hdr, off = {"__metadata__": {"format": "pt"}}, 0
     for t in tensors:
-        name, shape, dt = t[0], t[1], dtype_of(t)
+        name, shape, _, dt = t
         nb = (4 if dt == "I32" else 2) * numel(shape)
         hdr[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + nb]}
         off += nb
@@ -96,7 +98,8 @@ def safetensors_header(tensors):
 
 
 class Drawer:
-    """Draws one tensor's bf16 bytes as a buffer: torch on CUDA when present, else torch/numpy CPU."""
+    """Draws one tensor's bytes (bf16; GPTQ's int32 and fp16) as a buffer: torch on CUDA when
+    present, else torch/numpy on the CPU."""
 
     def __init__(self, seed, device):
         self.torch = None
@@ -133,12 +136,11 @@ class Drawer:
         b = f.view(np.uint32)
         return ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)  # fp32 -> bf16, round to nearest even
 
-
     def draw_gptq(self, shape, kind, dtype):
-        """GPTQ-checkpoint tensors (torch only): int32 words, fp16 values."""
+        """GPTQ-checkpoint tensors: int32 words, fp16 values."""
+        if self.torch is None:
+            return self.draw_gptq_numpy(shape, kind)
         t = self.torch
-        if t is None:
-            raise SystemExit("make_checkpoint: GPTQ shapes need torch")
         dev = self.dev
         if kind == "rand_i32":
             x = t.randint(-2**31, 2**31 - 1, shape, dtype=t.int32, device=dev, generator=self.gen)
@@ -154,6 +156,23 @@ class Drawer:
             x = (t.randn(shape, device=dev, generator=self.gen) * STD).to(t.float16)
         host = (x.view(t.int16) if x.dtype == t.float16 else x).cpu()
         return host.numpy()
+
+    def draw_gptq_numpy(self, shape, kind):
+        """draw_gptq's numpy twin (other random values: a different generator)."""
+        np = self.np
+        if kind == "rand_i32":
+            x = self.rng.integers(-2**31, 2**31, shape, dtype=np.int32)
+        elif isinstance(kind, tuple) and kind[0] == "const_i32":
+            x = np.full(shape, kind[1], np.uint32).view(np.int32)
+        elif isinstance(kind, tuple) and kind[0] == "gidx":
+            x = (np.arange(shape[0]) // kind[1]).astype(np.int32)
+        elif kind == "scale":
+            x = (self.rng.random(shape, np.float32) * 0.004 + 0.002).astype(np.float16)
+        elif kind == "ones":
+            x = np.ones(shape, np.float16)
+        else:
+            x = (self.rng.standard_normal(shape, np.float32) * STD).astype(np.float16)
+        return x.view(np.int16) if x.dtype == np.float16 else x
 
 
 def config_json(s):
@@ -190,15 +209,63 @@ def config_json(s):
     }
 
 
+def qwen2_config_json(s):
+    """Qwen2.5-7B-Instruct's config.json keys (SPEC 10), with this shape's dimensions and the base
+    release's eos (151643, as in generation_config.json); a GPTQ shape adds the quantization_config
+    of Qwen's -GPTQ-Int4 releases (as optimum writes it) and float16."""
+    cfg = {
+        "architectures": ["Qwen2ForCausalLM"],
+        "attention_dropout": 0.0,
+        "bos_token_id": 151643,
+        "eos_token_id": 151643,
+        "hidden_act": "silu",
+        "hidden_size": s["H"],
+        "initializer_range": 0.02,
+        "intermediate_size": s["F"],  # the MLP width itself, unlike v1
+        "max_position_embeddings": s["S"],
+        "max_window_layers": s["L"],
+        "model_type": "qwen2",
+        "num_attention_heads": s["n"],
+        "num_hidden_layers": s["L"],
+        "num_key_value_heads": s["n_kv"],
+        "rms_norm_eps": 1e-06,
+        "rope_theta": s["theta"],
+        "sliding_window": 131072,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.43.1",
+        "use_cache": True,
+        "use_sliding_window": False,
+        "vocab_size": s["V"],
+    }
+    if s.get("bits"):
+        cfg["torch_dtype"] = "float16"
+        cfg["quantization_config"] = {
+            "batch_size": 1, "bits": s["bits"], "block_name_to_quantize": None, "cache_block_outputs": True,
+            "damp_percent": 0.01, "dataset": None, "desc_act": False, "exllama_config": {"version": 1},
+            "group_size": s["G"], "max_input_length": None, "model_seqlen": None,
+            "module_name_preceding_first_block": None, "modules_in_block_to_quantize": None, "pad_token_id": None,
+            "quant_method": "gptq", "sym": True, "tokenizer": None, "true_sequential": True,
+            "use_cuda_fp16": False, "use_exllama": True,
+        }
+    return cfg
+
+
 GENERATION_CONFIG = {  # a base release's (Qwen-7B): raw format, eos 151643
     "chat_format": "raw", "eos_token_id": 151643, "pad_token_id": 151643, "stop_words_ids": [[151643]],
     "max_new_tokens": 512, "do_sample": True, "top_k": 0, "top_p": 0.8, "transformers_version": "4.31.0",
+}
+# A base release's (Qwen2.5-7B), for every qwen2 shape: greedy, eos 151643, no repetition penalty
+# (the Instruct releases' 1.05 would make complete() do work the v1 rows do not).
+QWEN2_GENERATION_CONFIG = {
+    "bos_token_id": 151643, "do_sample": False, "eos_token_id": 151643, "max_new_tokens": 2048,
+    "transformers_version": "4.37.0",
 }
 
 
 def write_checkpoint(shape, out, seed=0, device=None):
     s = parse_shape(shape)
-    tensors = tensor_list(**s)
+    tensors = tensor_list(s)
     header, data_bytes = safetensors_header(tensors)
     os.makedirs(out, exist_ok=True)
     marker = os.path.join(out, MARKER)
@@ -225,7 +292,7 @@ def write_checkpoint(shape, out, seed=0, device=None):
                 err.append(e)
 
         for t in tensors:
-            buf = drawer.draw(t[1], t[2], dtype_of(t))
+            buf = drawer.draw(t[1], t[2], t[3])
             if pending:
                 pending.join()
             if err:
@@ -239,16 +306,20 @@ def write_checkpoint(shape, out, seed=0, device=None):
     if os.path.getsize(tmp) != len(header) + data_bytes:
         raise SystemExit(f"make_checkpoint: {tmp}: wrote {os.path.getsize(tmp)} bytes, expected {len(header) + data_bytes}")
     os.replace(tmp, os.path.join(out, "model.safetensors"))
-    cfg = config_json(s)
-    if s.get("bits"):
-        cfg["torch_dtype"] = "float16"
-        with open(os.path.join(out, "quantize_config.json"), "w") as f:
-            json.dump({"bits": s["bits"], "group_size": s["G"], "desc_act": False, "sym": True,
-                       "damp_percent": 0.01, "static_groups": False, "true_sequential": True}, f, indent=2)
+    if s["arch"] == "qwen2":
+        cfg, gen = qwen2_config_json(s), QWEN2_GENERATION_CONFIG
+    else:
+        cfg, gen = config_json(s), GENERATION_CONFIG
+        if s.get("bits"):  # v1's Int4/Int8 releases: AutoGPTQ's quantize_config.json
+            cfg["torch_dtype"] = "float16"
+            with open(os.path.join(out, "quantize_config.json"), "w") as f:
+                json.dump({"bits": s["bits"], "group_size": s["G"], "desc_act": False, "sym": True,
+                           "damp_percent": 0.01, "static_groups": False, "true_sequential": True}, f, indent=2)
+    sort = s["arch"] == "qwen2"  # as transformers' save_pretrained writes them
     with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2)
+        json.dump(cfg, f, indent=2, sort_keys=sort)
     with open(os.path.join(out, "generation_config.json"), "w") as f:
-        json.dump(GENERATION_CONFIG, f, indent=2)
+        json.dump(gen, f, indent=2, sort_keys=sort)
     secs = time.perf_counter() - t0
     info = {"shape": shape, "seed": seed, "bytes": len(header) + data_bytes, "tensors": len(tensors), "device": drawer.dev}
     with open(marker, "w") as f:  # last: its presence means the folder is complete

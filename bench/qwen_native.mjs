@@ -284,7 +284,7 @@ async function main() {
     vocabLimit = Math.min(vocabLimit, c.vocabSize);
     emit({
       metric: 'load_s', value: r3((performance.now() - t) / 1000), device: model.device, contextLength,
-      config: { H: c.hiddenSize, L: c.numLayers, n: c.numHeads, F: c.ffnSize, V: c.vocabSize },
+      config: { type: c.modelType, H: c.hiddenSize, L: c.numLayers, n: c.numHeads, n_kv: c.numKvHeads, d: c.headDim, F: c.ffnSize, V: c.vocabSize, gptq: c.gptq },
     });
     log(`loaded on ${model.device}, contextLength ${contextLength}`);
     snapshotMemory(model, 'after load');

@@ -1,30 +1,33 @@
 """Turns the benchmark's JSON lines into a table, docs/bench.md and docs/bench.svg.
 
   python3 bench/report.py table RESULTS.jsonl [--md docs/bench.md] [--svg docs/bench.svg] [--command CMD]
-  python3 bench/report.py yardstick --ctx 128 --json Y.json [--log Y.log] [--no-prefill] [--steps N]  # -> JSON lines
+  python3 bench/report.py yardstick --ctx 128 --json Y.json [--log Y.log] [--no-prefill] [--steps N] [--shapes "1.8b 7b"]  # -> JSON lines
 
 Every input line is {impl, shape, metric, value, ...} or {impl, shape, metric, error}; impl is
-qwen-native, hf-transformers, torch-yardstick, probe (the copy bandwidth), checkpoint or env.
+qwen-native, hf-transformers, torch-yardstick, probe (the copy bandwidth), checkpoint or env. An
+error that starts with "not measured" (hf_baseline.py on a GPTQ shape) shows as "not measured [k]".
 The roofline is computed here (shapes.py) from the bandwidth measured in the same run. Pure Python
 (no torch, no matplotlib): the SVG chart is written by hand so the report always renders.
 """
 import argparse, datetime, html, json, math, os, re, sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from shapes import SHAPES, roofline_tok_s, step_bytes  # noqa: E402
+from shapes import SHAPES, kv_bytes, label, roofline_tok_s, weight_bytes  # noqa: E402
 
 OURS, HF, YARD = "qwen-native", "hf-transformers", "torch-yardstick"
 IMPL_NAMES = {OURS: "qwen-native", HF: "HF transformers", YARD: "torch yardstick"}
 DEFAULT_WARMUP, DEFAULT_STEPS = 8, 128  # qwen_native.mjs's defaults: where the KV midpoint lies if unknown
 TARGETS = {"7b": 0.75, "1.8b": 0.60}  # the issue's decode targets, fraction of the roofline
+YARD_SHAPES = ("1.8b", "7b")  # the shapes torch_yardstick.py knows (v1, MHA)
 TARGET_CTX = 128  # the issue's target numbers (about 160 and 590 tok/s) are short-context ones
 
 
 # ---------------------------------------------------------------- the yardstick's output -> lines
 
-def yardstick_lines(ctx, json_path, log_path, prefill=True, steps=None):
-    """torch_yardstick.py writes one JSON object per run (all shapes) with --json, and prints a line
-    per shape; the printed lines stand in when the run died before writing the JSON."""
+def yardstick_lines(ctx, json_path, log_path, prefill=True, steps=None, shapes=YARD_SHAPES):
+    """torch_yardstick.py writes one JSON object per run (the shapes it ran) with --json, and prints
+    a line per shape; the printed lines stand in when the run died before writing the JSON. A shape
+    of `shapes` missing from both becomes an error line."""
     data = None
     if json_path and os.path.exists(json_path):
         try:
@@ -41,13 +44,13 @@ def yardstick_lines(ctx, json_path, log_path, prefill=True, steps=None):
                                   prefill_2048_tok_s=float(m[4]), peak_mem_GB=float(m[5]))
     out = []
     if data is None:
-        return [{"impl": YARD, "shape": s, "metric": "run", "ctx": ctx, "error": "no output (see the run log)"} for s in ("1.8b", "7b")]
+        return [{"impl": YARD, "shape": s, "metric": "run", "ctx": ctx, "error": "no output (see the run log)"} for s in shapes]
     if "copy_TBps" in data:
         out.append({"impl": YARD, "metric": "copy_bandwidth_Bps", "value": data["copy_TBps"] * 1e12, "ctx": ctx})
     for shape in SHAPES:
         r = data.get(shape)
         if not isinstance(r, dict):
-            if shape in ("1.8b", "7b"):  # the shapes its --model both runs
+            if shape in shapes:
                 out.append({"impl": YARD, "shape": shape, "metric": "decode_tok_s", "ctx": ctx,
                             "error": f"no {shape} result in the yardstick's output at ctx {ctx} (see the run log)"})
             continue
@@ -154,7 +157,7 @@ class Table:
         if err:
             if err not in self.errors:
                 self.errors.append(err)
-            return f"error [{self.errors.index(err) + 1}]"
+            return f"{'not measured' if err.startswith('not measured') else 'error'} [{self.errors.index(err) + 1}]"
         return "—"
 
     @staticmethod
@@ -170,13 +173,23 @@ class Table:
                 return r["kv_mid"]
         return ctx + DEFAULT_WARMUP + DEFAULT_STEPS // 2
 
+    def shape_ctxs(self, shape, ctxs):
+        """The decode contexts a shape's rows show: those some implementation has a decode line for
+        (the GPTQ shapes run at 128 only); all of them when a step of the shape failed as a whole,
+        so that its error shows in every row."""
+        R = self.res
+        failed = any(r.get("shape") == shape and r.get("metric") in ("run", "load_s") and r.get("error")
+                     and not r["error"].startswith("not measured") for r in R.recs)
+        own = {r["ctx"] for r in R.recs if r.get("shape") == shape and r.get("metric") == "decode_tok_s" and isinstance(r.get("ctx"), int)}
+        return ctxs if failed or not own else sorted(own)
+
     def build(self):
         shapes = [s for s in SHAPES if any(r.get("shape") == s for r in self.res.recs)]
         ctxs = sorted({r["ctx"] for r in self.res.recs if r.get("metric") == "decode_tok_s" and isinstance(r.get("ctx"), int)})
         R = self.res
         for shape in shapes:
-            sname = shape.upper()
-            for ctx in ctxs:
+            sname = label(shape)
+            for ctx in self.shape_ctxs(shape, ctxs):
                 o, oe = R.value(OURS, shape, "decode_tok_s", ctx=ctx)
                 h, he = R.value(HF, shape, "decode_tok_s", ctx=ctx)
                 y, ye = R.value(YARD, shape, "decode_tok_s", ctx=ctx)
@@ -229,15 +242,16 @@ class Table:
             need = frac * roof
             verdict = "no result" if o is None else ("PASS" if o >= need else "FAIL")
             got = "—" if o is None else f"{o:.0f} tok/s = {100 * o / roof:.0f}%"
-            out.append(f"| {shape.upper()} decode, context {TARGET_CTX} | >= {100 * frac:.0f}% of roofline ({need:.0f} tok/s) | {got} | {verdict} |")
-        for shape in SHAPES:
-            if shape == "tiny" or not any(r.get("shape") == shape for r in self.res.recs):
+            out.append(f"| {label(shape)} decode, context {TARGET_CTX} | >= {100 * frac:.0f}% of roofline ({need:.0f} tok/s) | {got} | {verdict} |")
+        for shape in SHAPES:  # GPTQ shapes have no Hugging Face column to compare with
+            s = SHAPES[shape]
+            if s.get("cpu_check") or s.get("bits") or not any(r.get("shape") == shape for r in self.res.recs):
                 continue
             o, _ = self.res.value(OURS, shape, "prefill_tok_s", tokens=2048, cold=False)
             h, _ = self.res.value(HF, shape, "prefill_tok_s", tokens=2048, cold=False)
             verdict = "no result" if o is None or h is None else ("PASS" if o >= h else "FAIL")
             got = "—" if o is None else f"{o:.0f} tok/s" + (f" vs {h:.0f}" if h else "")
-            out.append(f"| {shape.upper()} prefill, 2048 tokens | >= Hugging Face's | {got} | {verdict} |")
+            out.append(f"| {label(shape)} prefill, 2048 tokens | >= Hugging Face's | {got} | {verdict} |")
         return out
 
     def markdown(self):
@@ -284,7 +298,8 @@ def svg_panel(x0, y0, w, h, title, groups, series, esc):
             v, err = d.get(s, (None, None))
             x = gx + si * bw
             if v is None:
-                out.append(f'<text x="{x + bw / 2:.1f}" y="{y0 + h - 4}" text-anchor="middle" font-size="10" fill="#b91c1c">{"err" if err else "n/a"}</text>')
+                mark = "n/a" if not err else "n/m" if err.startswith("not measured") else "err"
+                out.append(f'<text x="{x + bw / 2:.1f}" y="{y0 + h - 4}" text-anchor="middle" font-size="10" fill="#b91c1c">{mark}</text>')
                 continue
             bh = h * v / vmax
             dash = ' stroke-dasharray="4 3"' if s == "roof" else ""
@@ -298,13 +313,15 @@ def svg_panel(x0, y0, w, h, title, groups, series, esc):
 def svg_chart(table, gpu, date):
     esc = html.escape
     shapes = [s for s in SHAPES if any(k[0] == s for k in table.chart)]
-    dec = [(f"{s.upper()} ctx {k[1].split()[1]}", {**v, "roof": (v["roof"], None)}) for s in shapes for k, v in table.chart.items() if k[0] == s and k[1].startswith("decode")]
-    pre = [(s.upper(), v) for s in shapes for k, v in table.chart.items() if k[0] == s and k[1].startswith("prefill")]
+    dec = [(f"{label(s)} ctx {k[1].split()[1]}", {**v, "roof": (v["roof"], None)}) for s in shapes for k, v in table.chart.items() if k[0] == s and k[1].startswith("decode")]
+    pre = [(label(s), v) for s in shapes for k, v in table.chart.items() if k[0] == s and k[1].startswith("prefill")]
+    families = " and ".join(f for f, arch in (("Qwen v1", "qwen"), ("Qwen2.5", "qwen2")) if any(SHAPES[s]["arch"] == arch for s in shapes))
+    dtypes = "bf16 and GPTQ" if any(SHAPES[s].get("bits") for s in shapes) else "bf16"
     W, H = 1000, 470
     el = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="Helvetica, Arial, sans-serif">',
           f'<rect width="{W}" height="{H}" fill="#ffffff"/>',
-          f'<text x="{W / 2}" y="26" text-anchor="middle" font-size="17" font-weight="bold">qwen-native vs PyTorch, bf16, batch 1 — {esc(gpu)}</text>',
-          f'<text x="{W / 2}" y="46" text-anchor="middle" font-size="12" fill="#4b5563">random-weight Qwen v1 shapes; {esc(date)}; tokens per second, higher is better</text>']
+          f'<text x="{W / 2}" y="26" text-anchor="middle" font-size="17" font-weight="bold">qwen-native vs PyTorch, {dtypes}, batch 1 — {esc(gpu)}</text>',
+          f'<text x="{W / 2}" y="46" text-anchor="middle" font-size="12" fill="#4b5563">random-weight {families or "Qwen"} shapes; {esc(date)}; tokens per second, higher is better</text>']
     el += svg_panel(70, 110, 560, 270, "Decode tok/s", dec, ["ours", "yard", "hf", "roof"], esc)
     el += svg_panel(720, 110, 250, 270, "Prefill tok/s, 2048 tokens", pre, ["ours", "yard", "hf"], esc)
     lx = 70
@@ -337,28 +354,33 @@ def markdown_doc(table, res, gpu, date, command):
     L += ["", "## How it was measured", "",
           f"- **Roofline**: a batch-1 decode step reads every weight once plus the KV cache it attends over, "
           f"so decode tok/s <= bandwidth / bytes per step. Bandwidth {bw / 1e12:.2f} TB/s: {table.bw_src}. "
-          "Bytes per step (bf16) = 2 x (V·H [lm_head] + L·(3H·H + 3H + H·H + 3·H·F + 2H) + H) + 2·L·c·H·2 [KV at context c]; "
-          "the wte row read is negligible. Evaluated at the KV length in the middle of the timed steps.",
+          "Bytes per step = weights + KV (`bench/shapes.py`). bf16 weights: 2 x (V·H [lm_head] + L·((n + 2·n_kv)·d·H + (n + 2·n_kv)·d "
+          "[q, k, v and their bias] + n·d·H [o_proj] + 3·H·F [MLP] + 2H) + H), with d = H/n; Qwen v1 has n_kv = n (c_attn 3H·H + 3H, "
+          "c_proj H·H). GPTQ: each linear K x N reads K·N·bits/8 + (K/G)·N·(2 + bits/8) [fp16 scales, packed zeros] + 2N [fp16 bias, "
+          "where stored: v1 on every linear, Qwen2.5 on q, k, v], lm_head and norms fp16. KV at context c: 2·L·c·n_kv·d·2 (bf16 k and v). "
+          "The embedding row read is negligible. Evaluated at the KV length in the middle of the timed steps.",
           ]
     for s in SHAPES:
-        if s != "tiny" and any(r.get("shape") == s for r in res.recs):
+        if not SHAPES[s].get("cpu_check") and any(r.get("shape") == s for r in res.recs):
             d = SHAPES[s]
-            L.append(f"  - {s.upper()}: H{d['H']} L{d['L']} n{d['n']} F{d['F']} V{d['V']}: "
-                     f"{step_bytes(s, 0) / 1e9:.3f} GB of weights per step.")
+            q = f", GPTQ int{d['bits']} g{d['G']}" if d.get("bits") else ", bf16"
+            L.append(f"  - {label(s)}: H{d['H']} L{d['L']} n{d['n']} n_kv{d['n_kv']} d{d['H'] // d['n']} F{d['F']} V{d['V']}{q}: "
+                     f"{weight_bytes(s) / 1e9:.3f} GB of weights + {kv_bytes(s, 1) / 1e3:.1f} kB of KV per context position, per step.")
     def rec(impl, metric, key, default):  # a parameter as recorded by the run, for the text below
         return next((r[key] for r in res.recs if r.get("impl") == impl and r.get("metric") == metric and r.get(key) is not None), default)
     ow, os_ = rec(OURS, "decode_tok_s", "warmup", DEFAULT_WARMUP), rec(OURS, "decode_tok_s", "steps", DEFAULT_STEPS)
     oc, orp = rec(OURS, "peak_mem_bytes", "contextLength", "?"), rec(OURS, "prefill_tok_s", "reps", 3)
     hw, hs, hrp = rec(HF, "decode_tok_s", "warmup", "?"), rec(HF, "decode_tok_s", "steps", "?"), rec(HF, "prefill_tok_s", "reps", "?")
-    L += [f"- **qwen-native** (`bench/qwen_native.mjs`, device `cuda`): random bf16 checkpoints of the shapes (`bench/make_checkpoint.py`) "
+    L += [f"- **qwen-native** (`bench/qwen_native.mjs`, device `cuda`): random checkpoints of the shapes (`bench/make_checkpoint.py`) "
           f"loaded with `Model.load`. Decode: prefill c random ids with `seq.eval`, {ow} warm-up steps (the first captures the CUDA graph), "
           f"then {os_} timed `seq.eval([argmax(logits)])` steps: the logits go to JS every step and the argmax runs in JS, as in a user's loop. "
           f"`via complete()`: `model.complete(ids, {{doSample: false}})` with maxNewTokens 16 and 16 + {os_}, the difference in tokens over the "
           f"difference in time (the native greedy loop; prefill and graph capture cancel out). Prefill: `seq.eval` of 2048 ids on a fresh "
           f"sequence, one warm-up, median of {orp}. Allocations = weights + kvCache + workspace from `model.memory()` (the KV cache is "
           f"allocated for the whole contextLength, here {oc}).",
-          "- **HF transformers** (`bench/hf_baseline.py`): `Qwen2ForCausalLM` with num_key_value_heads = num_attention_heads (MHA) and "
-          "intermediate_size = F: the same block at the same cost (qkv with bias, SwiGLU of width F, untied lm_head). bf16, SDPA, random "
+          "- **HF transformers** (`bench/hf_baseline.py`): `Qwen2ForCausalLM`: for the Qwen2.5 shapes the model itself (grouped KV heads, "
+          "rope_theta 1e6); for the Qwen v1 shapes with num_key_value_heads = num_attention_heads (MHA) and intermediate_size = F: the "
+          "same block at the same cost (qkv with bias, SwiGLU of width F, untied lm_head). GPTQ shapes: not measured (the footnote says why). bf16, SDPA, random "
           "weights on the GPU, eager forward in a loop with its DynamicCache, greedy argmax on the GPU, timed with CUDA events "
           f"({hw} warm-up + {hs} timed steps); prefill: one forward of 2048 ids, last position's logits only, median of {hrp}. "
           "Allocations = `torch.cuda.max_memory_allocated`.",
@@ -370,7 +392,7 @@ def markdown_doc(table, res, gpu, date, command):
     steps = [r for r in res.recs if r.get("impl") == OURS and r.get("metric") == "decode_tok_s" and r.get("step_ms_p50")]
     if steps:
         L += ["", "qwen-native's decode steps (ms): median, 90th percentile, the JS argmax's share, the first step (graph capture):", ""]
-        L += [f"- {r['shape'].upper()} context {r['ctx']}: p50 {r['step_ms_p50']}, p90 {r['step_ms_p90']}, argmax {r.get('argmax_ms')}, "
+        L += [f"- {label(r['shape']) if r['shape'] in SHAPES else r['shape']} context {r['ctx']}: p50 {r['step_ms_p50']}, p90 {r['step_ms_p90']}, argmax {r.get('argmax_ms')}, "
               f"first {r.get('first_step_ms')}" for r in steps]
     loads = [r for r in res.recs if r.get("metric") in ("load_s", "write_s") and isinstance(r.get("value"), (int, float))]
     if loads:
@@ -393,9 +415,10 @@ def main():
     y.add_argument("--log")
     y.add_argument("--no-prefill", action="store_true")
     y.add_argument("--steps", type=int)
+    y.add_argument("--shapes", default=" ".join(YARD_SHAPES), help="the shapes the yardstick was asked to run")
     a = ap.parse_args()
     if a.cmd == "yardstick":
-        for r in yardstick_lines(a.ctx, a.json, a.log, not a.no_prefill, a.steps):
+        for r in yardstick_lines(a.ctx, a.json, a.log, not a.no_prefill, a.steps, a.shapes.split()):
             print(json.dumps(r))
         return
     res = Results(open(a.results, errors="replace"))

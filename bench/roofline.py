@@ -1,7 +1,7 @@
 """The decode roofline: the measured copy bandwidth over the bytes a step must read.
 
   python3 bench/roofline.py --probe               # measure the GPU's copy bandwidth (torch), JSON line
-  python3 bench/roofline.py --bandwidth 3.0e12    # print the roofline table for a given bandwidth
+  python3 bench/roofline.py --bandwidth 3.0e12 [--shapes "7b qwen2.5-7b"]   # the roofline table for a given bandwidth
 
 A batch-1 decode step reads every weight once plus the KV cache it attends over (shapes.py:
 step_bytes), so no implementation can beat bandwidth / step_bytes tok/s. The bandwidth is measured
@@ -11,7 +11,7 @@ in the same run: a 4 GiB device-to-device copy timed with CUDA events, counted a
 import argparse, json, os, subprocess, sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from shapes import SHAPES, roofline_tok_s, step_bytes, weight_bytes  # noqa: E402
+from shapes import SHAPES, parse_shape, roofline_tok_s, step_bytes, weight_bytes  # noqa: E402
 
 
 def driver_version():
@@ -47,6 +47,8 @@ def main():
     ap.add_argument("--probe", action="store_true", help="measure the copy bandwidth on the GPU (needs torch)")
     ap.add_argument("--bandwidth", type=float, help="bytes/s for the table (default: the probe's)")
     ap.add_argument("--ctx", default="128,4096")
+    ap.add_argument("--shapes", default=" ".join(s for s in SHAPES if not SHAPES[s].get("cpu_check")),
+                    help="space-separated shape names (default: every shape but the CPU-check ones)")
     a = ap.parse_args()
     bw = a.bandwidth
     if a.probe:
@@ -56,7 +58,8 @@ def main():
         bw = bw or r["value"]
     if not bw:
         ap.error("give --probe or --bandwidth")
-    for shape in ("1.8b", "7b"):
+    for shape in a.shapes.split():
+        parse_shape(shape)
         for c in map(int, a.ctx.split(",")):
             print(f"roofline: {shape} ctx {c}: weights {weight_bytes(shape) / 1e9:.3f} GB + KV = {step_bytes(shape, c) / 1e9:.3f} GB/step "
                   f"-> {roofline_tok_s(shape, c, bw):.0f} tok/s at {bw / 1e12:.2f} TB/s", file=sys.stderr)

@@ -5,9 +5,10 @@
 #
 # 1. the copy bandwidth (bench/roofline.py --probe), 2. per shape: a random bf16 checkpoint
 # (bench/make_checkpoint.py, kept when already complete) and qwen-native on it
-# (bench/qwen_native.mjs), 3. the torch yardstick (.carry/torch_yardstick.py, when carried) at
-# each context, 4. Hugging Face transformers (bench/hf_baseline.py) per shape, 5. the report
-# (bench/report.py): a table on stdout, docs/bench.md and docs/bench.svg.
+# (bench/qwen_native.mjs), then the same for the GPTQ shapes, 3. the torch yardstick
+# (.carry/torch_yardstick.py, when carried; v1 shapes 1.8b/7b only) at each context, 4. Hugging
+# Face transformers (bench/hf_baseline.py) per shape (a GPTQ shape gets a "not measured" line),
+# 5. the report (bench/report.py): a table on stdout, docs/bench.md and docs/bench.svg.
 #
 # Needs, carried to the GPU machine: .carry/node.xz (node; unpacked to /tmp/node), dist/, the CUDA
 # build of the addon where node-gyp-build finds it (build/Release/qwen_native.node), and
@@ -16,26 +17,34 @@
 # Each step runs under `timeout`, within an overall budget; a step that fails, crashes or times
 # out leaves an error line that the table shows, and the run goes on (no `set -e`).
 # Environment (defaults): BENCH_BUDGET_S (480: everything, the report included, in 8 minutes;
-# lower it when the same device call builds and tests first), BENCH_SHAPES ("1.8b 7b"), BENCH_CTX
-# (128,4096), BENCH_STEPS (128, qwen-native and the yardstick), HF_STEPS (32: HF decode is
-# Python-bound, ~15 tok/s), BENCH_YARDSTICK (.carry/torch_yardstick.py), BENCH_CKPT (checkpoint
-# folder: /dev/shm/bench-ckpt when /dev/shm has 24 GB free, so that no disk write-back runs under
-# the measurements; else /tmp/bench-ckpt), BENCH_RESULTS (/tmp/bench-results), BENCH_COMMIT (the
-# commit to print when the tree has no .git), PYTHON (python3), OUT (when set, the four outputs
-# are copied there: bench.md, bench.svg, bench-results.jsonl, bench-run.log).
+# lower it when the same device call builds and tests first), BENCH_SHAPES ("1.8b 7b"; the bf16
+# shapes of bench/shapes.py: 1.8b, 7b, qwen2.5-7b; tiny, qwen2-tiny for a CPU check),
+# BENCH_QUANT_SHAPES ("7b-int4 7b-int8 1.8b-int4 1.8b-int8"; GPTQ shapes, decode at context 128
+# only: also qwen2.5-7b-int4; tiny-int4, qwen2-tiny-int4 for a CPU check; either one set but empty
+# means none), BENCH_CTX (128,4096), BENCH_STEPS (128, qwen-native and the yardstick), HF_STEPS (32:
+# HF decode is Python-bound, ~15 tok/s), BENCH_YARDSTICK (.carry/torch_yardstick.py), BENCH_CKPT
+# (checkpoint folder: /dev/shm/bench-ckpt when /dev/shm has 24 GB free, so that no disk write-back
+# runs under the measurements; else /tmp/bench-ckpt), BENCH_RESULTS (/tmp/bench-results),
+# BENCH_COMMIT (the commit to print when the tree has no .git), PYTHON (python3), OUT (when set,
+# the four outputs are copied there: bench.md, bench.svg, bench-results.jsonl, bench-run.log),
+# BENCH_DEVICE (cuda; cpu only to check this script without a GPU), BENCH_MEMORY (1: the 7b-int4 /
+# 7b peak-memory runs, where their checkpoints are in BENCH_CKPT; 0: none).
 set -u -o pipefail
 cd "$(dirname "$0")/.." || exit 1
 T0=$SECONDS
 BUDGET=${BENCH_BUDGET_S:-480}
 RESERVE=20 # seconds kept for the report
-SHAPES=${BENCH_SHAPES:-"1.8b 7b"}
+SHAPES=${BENCH_SHAPES-"1.8b 7b"}
+QSHAPES=${BENCH_QUANT_SHAPES-"7b-int4 7b-int8 1.8b-int4 1.8b-int8"}
 CTX=${BENCH_CTX:-128,4096}
 STEPS=${BENCH_STEPS:-128}
 HF_STEPS=${HF_STEPS:-32}
 RES=${BENCH_RESULTS:-/tmp/bench-results}
 PY=${PYTHON:-python3}
 YARDSTICK=${BENCH_YARDSTICK:-.carry/torch_yardstick.py}
-DEVICE=${BENCH_DEVICE:-cuda} # cpu: only to check this script on a machine without a GPU (shape tiny)
+DEVICE=${BENCH_DEVICE:-cuda} # cpu: only to check this script on a machine without a GPU (shapes tiny, qwen2-tiny)
+# A misspelt shape would otherwise cost a checkpoint step and vanish from the table.
+"$PY" bench/shapes.py $SHAPES $QSHAPES || exit 2
 if [ -z "${BENCH_CKPT:-}" ]; then
   shm_free=$(df -Pk /dev/shm 2>/dev/null | awk 'NR==2 {print $4}')
   if [ -n "$shm_free" ] && [ "$shm_free" -gt $((24 * 1024 * 1024)) ]; then BENCH_CKPT=/dev/shm/bench-ckpt; else BENCH_CKPT=/tmp/bench-ckpt; fi
@@ -103,7 +112,7 @@ nvidia-smi -L 2>&1 | tee -a "$LOG" >&2
 say "checkpoints in $BENCH_CKPT, results in $RES, budget $BUDGET s"
 
 # ---- 1. the copy bandwidth, on an idle GPU
-run_step probe probe "" 60 "$PY" bench/roofline.py --probe
+run_step probe probe "" 60 "$PY" bench/roofline.py --probe --shapes "$SHAPES $QSHAPES"
 
 # ---- 2. qwen-native, per shape on its own checkpoint (the 7B one is 15.4 GB: written once, kept)
 for shape in $SHAPES; do
@@ -118,9 +127,8 @@ for shape in $SHAPES; do
   fi
 done
 
-# ---- 2b. GPTQ checkpoints of the same shapes (no HF or yardstick column: they run bf16 only),
-# then the peak memory of the quantization issue's targets.
-QSHAPES=${BENCH_QUANT_SHAPES:-"7b-int4 7b-int8 1.8b-int4 1.8b-int8"}
+# ---- 2b. GPTQ checkpoints (no HF or yardstick numbers: those run bf16 only), then the peak
+# memory of the quantization issue's targets.
 for shape in $QSHAPES; do
   if run_step "checkpoint-$shape" checkpoint "$shape" 120 "$PY" bench/make_checkpoint.py --shape "$shape" --out "$BENCH_CKPT/$shape" --skip-if-present && [ -n "$NODE" ]; then
     run_step "qwen-native-$shape" qwen-native "$shape" 120 "$NODE" bench/qwen_native.mjs --model "$BENCH_CKPT/$shape" --label "$shape" --device "$DEVICE" --ctx 128 --steps "$STEPS" --prefill 2048
@@ -133,26 +141,32 @@ if [ -n "$NODE" ] && [ "$DEVICE" = cuda ] && [ "${BENCH_MEMORY:-1}" = 1 ]; then
   done
 fi
 
-# ---- 3. the torch yardstick (CUDA graph decode), if carried: one run per context, both shapes
-if [ -f "$YARDSTICK" ]; then
+# ---- 3. the torch yardstick (CUDA graph decode), if carried: one run per context, over the
+# shapes it knows (v1 1.8b and 7b) among BENCH_SHAPES
+YSHAPES=$(for s in $SHAPES; do case $s in 1.8b | 7b) echo "$s" ;; esac; done | sort -u | tr '\n' ' ')
+YSHAPES=${YSHAPES% }
+if [ ! -f "$YARDSTICK" ]; then
+  say "no $YARDSTICK: the yardstick column stays empty"
+elif [ -z "$YSHAPES" ]; then
+  say "no shape the yardstick knows (1.8b, 7b) in BENCH_SHAPES: the yardstick column stays empty"
+else
+  ymodel=$([ "$YSHAPES" = "1.8b 7b" ] && echo both || echo "$YSHAPES")
   prefill_flag=() # its prefill does not depend on the context: taken from the first run only
   for c in ${CTX//,/ }; do
-    run_step "yardstick-ctx$c" torch-yardstick "" 120 "$PY" "$YARDSTICK" --model both --ctx "$c" --steps "$STEPS" --json "$RES/yardstick-ctx$c.json"
+    run_step "yardstick-ctx$c" torch-yardstick "" 120 "$PY" "$YARDSTICK" --model "$ymodel" --ctx "$c" --steps "$STEPS" --json "$RES/yardstick-ctx$c.json"
     "$PY" bench/report.py yardstick --ctx "$c" --json "$RES/yardstick-ctx$c.json" --log "$RES/yardstick-ctx$c.out" --steps "$STEPS" \
-      "${prefill_flag[@]}" >> "$RESULTS"
+      --shapes "$YSHAPES" "${prefill_flag[@]}" >> "$RESULTS"
     prefill_flag=(--no-prefill)
   done
-else
-  say "no $YARDSTICK: the yardstick column stays empty"
 fi
 
-# ---- 4. Hugging Face transformers, per shape
-for shape in $SHAPES; do
+# ---- 4. Hugging Face transformers, per shape (a GPTQ shape: one "not measured" line, no torch)
+for shape in $SHAPES $QSHAPES; do
   run_step "hf-$shape" hf-transformers "$shape" 150 "$PY" bench/hf_baseline.py --shape "$shape" --device "$DEVICE" --ctx "$CTX" --steps "$HF_STEPS"
 done
 
 # ---- 5. the report
-CMD="bash bench/run.sh   # BENCH_SHAPES=\"$SHAPES\" BENCH_CTX=$CTX BENCH_STEPS=$STEPS HF_STEPS=$HF_STEPS"
+CMD="bash bench/run.sh   # BENCH_SHAPES=\"$SHAPES\" BENCH_QUANT_SHAPES=\"$QSHAPES\" BENCH_CTX=$CTX BENCH_STEPS=$STEPS HF_STEPS=$HF_STEPS"
 "$PY" bench/report.py table "$RESULTS" --md docs/bench.md --svg docs/bench.svg --command "$CMD" 2>&1 | tee -a "$LOG"
 say "total $((SECONDS - T0)) s"
 if [ -n "${OUT:-}" ]; then
