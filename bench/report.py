@@ -336,6 +336,49 @@ def svg_chart(table, gpu, date):
 
 # ---------------------------------------------------------------- bench.md
 
+def serving_section(res):
+    """Throughput at C concurrent requests (bench/concurrent.mjs, metric batch_tok_s with
+    `concurrency`) next to HF's batched generate (bench/hf_batched.py, `batch`), per shape."""
+    ours = [r for r in res.recs if r.get("impl") == OURS and r.get("metric") == "batch_tok_s"]
+    if not ours:
+        return []
+    hf = {(r.get("shape"), r.get("batch")): r for r in res.recs if r.get("impl") == HF and r.get("metric") == "batch_tok_s"}
+    L = ["", "## Serving: concurrent requests", "",
+         "| shape | concurrent | qwen-native tok/s | x its 1-request rate | inter-token ms | first token ms | HF batched generate tok/s | ours / HF |",
+         "|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for shape in dict.fromkeys(r.get("shape") for r in ours):
+        rows = sorted((r for r in ours if r.get("shape") == shape), key=lambda r: r.get("concurrency") or 0)
+        one = next((r.get("value") for r in rows if r.get("concurrency") == 1 and r.get("value")), None)
+        for r in rows:
+            c, v = r.get("concurrency"), r.get("value")
+            h = hf.get((shape, c))
+            if h and h.get("error"):
+                notes.append(h["error"])
+                hcell = f"not measured [{len(notes)}]" if h["error"].startswith("not measured") else f"error [{len(notes)}]"
+                hv = None
+            else:
+                hv = h.get("value") if h else None
+                hcell = fmt_num(hv) if hv else ""
+            if v is None:
+                notes.append(r.get("error", "no result"))
+                L.append(f"| {label(shape) if shape in SHAPES else shape} | {c} | error [{len(notes)}] | | | | {hcell} | |")
+                continue
+            L.append(f"| {label(shape) if shape in SHAPES else shape} | {c} | {fmt_num(v)} | {f'{v / one:.2f}x' if one else ''} | "
+                     f"{fmt_num(r.get('itl_ms'))} | {fmt_num(r.get('ttft_ms'))} | {hcell} | {f'{v / hv:.2f}x' if hv else ''} |")
+    L += [""] + [f"[{i + 1}] {e}" for i, e in enumerate(notes)] if notes else []
+    p = next((r.get("prompt") for r in ours if r.get("prompt")), "?")
+    tk = next((r.get("tokens") for r in ours if r.get("concurrency") == 1 and r.get("tokens")), "?")
+    L += ["", f"- qwen-native (`bench/concurrent.mjs`): C `model.generate` streams started together, each a random prompt of {p} ids, "
+          f"greedy, {tk} new tokens each (maxNewTokens; a random model may stop at its eos: the tokens generated are counted), through "
+          "the continuous-batching engine (maxBatch = the largest C): throughput = all tokens / wall time from the first request to "
+          "the last token, prefill and batch admission included; inter-token = the mean gap between a request's tokens after its "
+          "first. A warm-up round at each C first (graph capture per batch size).",
+          "- HF (`bench/hf_batched.py`): `model.generate` on a static batch of B rows (B = C), the same prompt length, exactly the "
+          "same number of new tokens per row (min_new_tokens), greedy, one warm-up call; B x tokens / wall time."]
+    return L
+
+
 def markdown_doc(table, res, gpu, date, command):
     bw = table.bw
     tv = lambda k: res.env(k) or "?"  # noqa: E731
@@ -348,6 +391,7 @@ def markdown_doc(table, res, gpu, date, command):
     L += table.markdown()
     if table.errors:
         L += [""] + [f"[{i + 1}] {e}" for i, e in enumerate(table.errors)]
+    L += serving_section(res)
     tg = table.targets()
     if tg:
         L += ["", "## The issue's targets", "", "| target | needed | measured | |", "|---|---|---|---|"] + tg

@@ -27,6 +27,9 @@
 # runs under the measurements; else /tmp/bench-ckpt), BENCH_RESULTS (/tmp/bench-results),
 # BENCH_COMMIT (the commit to print when the tree has no .git), PYTHON (python3), OUT (when set,
 # the four outputs are copied there: bench.md, bench.svg, bench-results.jsonl, bench-run.log),
+# BENCH_SERVE_SHAPES (none: shapes whose serving throughput bench/concurrent.mjs and
+# bench/hf_batched.py measure at BENCH_CONCURRENCY (1,4,16,64) concurrent requests of
+# BENCH_SERVE_PROMPT (128) prompt ids and BENCH_SERVE_TOKENS (64) new tokens),
 # BENCH_DEVICE (cuda; cpu only to check this script without a GPU), BENCH_MEMORY (1: the 7b-int4 /
 # 7b peak-memory runs, where their checkpoints are in BENCH_CKPT; 0: none).
 set -u -o pipefail
@@ -165,8 +168,19 @@ for shape in $SHAPES $QSHAPES; do
   run_step "hf-$shape" hf-transformers "$shape" 150 "$PY" bench/hf_baseline.py --shape "$shape" --device "$DEVICE" --ctx "$CTX" --steps "$HF_STEPS"
 done
 
+# ---- 4b. serving throughput at several concurrent requests (BENCH_SERVE_SHAPES, default none:
+# each is a few minutes), ours and HF's batched generate (bf16 shapes only) on the same shapes
+for shape in ${BENCH_SERVE_SHAPES:-}; do
+  if [ -d "$BENCH_CKPT/$shape" ] || run_step "checkpoint-$shape" checkpoint "$shape" 150 "$PY" bench/make_checkpoint.py --shape "$shape" --out "$BENCH_CKPT/$shape" --skip-if-present; then
+    [ -n "$NODE" ] && run_step "serve-$shape" qwen-native "$shape" 240 "$NODE" bench/concurrent.mjs --model "$BENCH_CKPT/$shape" --label "$shape" \
+      --device "$DEVICE" --concurrency "${BENCH_CONCURRENCY:-1,4,16,64}" --prompt "${BENCH_SERVE_PROMPT:-128}" --tokens "${BENCH_SERVE_TOKENS:-64}"
+  fi
+  run_step "hf-batched-$shape" hf-transformers "$shape" 200 "$PY" bench/hf_batched.py --shape "$shape" \
+    --batch "${BENCH_CONCURRENCY:-1,4,16,64}" --prompt "${BENCH_SERVE_PROMPT:-128}" --tokens "${BENCH_SERVE_TOKENS:-64}"
+done
+
 # ---- 5. the report
-CMD="bash bench/run.sh   # BENCH_SHAPES=\"$SHAPES\" BENCH_QUANT_SHAPES=\"$QSHAPES\" BENCH_CTX=$CTX BENCH_STEPS=$STEPS HF_STEPS=$HF_STEPS"
+CMD="bash bench/run.sh   # BENCH_SHAPES=\"$SHAPES\" BENCH_QUANT_SHAPES=\"$QSHAPES\" BENCH_SERVE_SHAPES=\"${BENCH_SERVE_SHAPES:-}\" BENCH_CTX=$CTX BENCH_STEPS=$STEPS HF_STEPS=$HF_STEPS"
 "$PY" bench/report.py table "$RESULTS" --md docs/bench.md --svg docs/bench.svg --command "$CMD" 2>&1 | tee -a "$LOG"
 say "total $((SECONDS - T0)) s"
 if [ -n "${OUT:-}" ]; then

@@ -16,6 +16,8 @@
 // Kernel 2, grid (n, T): merges the ranges that hold keys (ceil(len / kps) of them) in fp32:
 // each range's weight exp(m_i - M) once into shared memory, then every output column is one
 // independent sum over the ranges.
+// Batched decode (attention_decode_batched): query t instead reads its own cache and length from
+// a KvBatchRow in device memory (len = pos + 1).
 // Limits: d a power of two in [8, 256]; 1 <= splits; any cap and length.
 #include <algorithm>
 #include <cmath>
@@ -64,13 +66,26 @@ template <typename T, bool Q8, int GM>
 __global__ void __launch_bounds__(kThreads)
     attn_split_kernel(T* __restrict__ out, float* __restrict__ partial, const T* __restrict__ q, KvRead<T, Q8> Kr,
                       KvRead<T, Q8> Vr, int cap, const int* __restrict__ pos0_dev, int n, int n_kv, int gc, int d,
-                      int splits, int kmin, float scale) {
+                      int splits, int kmin, float scale, const KvBatchRow* __restrict__ brows, int layer) {
   extern __shared__ float sm[];  // [groups][gc][d + 2]: m, l, acc
   pdl_wait();
   pdl_trigger();
   const int h0 = blockIdx.x * gc, sp = blockIdx.y, t = blockIdx.z;
   const int kvh = h0 / (n / n_kv);
-  const int len = *pos0_dev + t + 1;
+  int len;
+  if (brows) {  // batched decode: this row's own cache
+    const KvBatchRow& e = brows[t];
+    Kr.base = e.k + layer * e.layer_bytes;
+    Vr.base = e.v + layer * e.layer_bytes;
+    if constexpr (Q8) {
+      Kr.sz = reinterpret_cast<const float2*>(e.ksz + layer * e.sz_layer_bytes);
+      Vr.sz = reinterpret_cast<const float2*>(e.vsz + layer * e.sz_layer_bytes);
+    }
+    cap = e.cap;
+    len = e.pos + 1;
+  } else {
+    len = *pos0_dev + t + 1;
+  }
   const int kps = keys_per_split(len, splits, kmin);
   const int k_begin = sp * kps, k_end = min(k_begin + kps, len);
   if (k_begin >= k_end) return;  // a range past the length (splits > 1): the combine skips it
@@ -185,13 +200,13 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     attn_combine_kernel(T* __restrict__ out, const float* __restrict__ partial, const int* __restrict__ pos0_dev, int n,
-                        int d, int splits, int kmin) {
+                        int d, int splits, int kmin, const KvBatchRow* __restrict__ brows) {
   extern __shared__ float wgt[];  // [splits]: exp(m_i - M)
   __shared__ float red[kThreads / 32];
   pdl_wait();
   pdl_trigger();
   const int h = blockIdx.x, t = blockIdx.y, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int len = *pos0_dev + t + 1;
+  const int len = brows ? brows[t].pos + 1 : *pos0_dev + t + 1;
   const int kps = keys_per_split(len, splits, kmin);
   const int active = min(splits, (len + kps - 1) / kps);
   const int stride = d + 2;
@@ -234,18 +249,19 @@ namespace {
 
 template <typename E, bool Q8, int GM>
 void launch_split(E* out, float* partial, const E* q, KvRead<E, Q8> Kr, KvRead<E, Q8> Vr, int cap, const int* pos0_dev,
-                  int T, int n, int n_kv, int gc, int d, int splits, int kmin, float scale, cudaStream_t s) {
+                  int T, int n, int n_kv, int gc, int d, int splits, int kmin, float scale, cudaStream_t s,
+                  const KvBatchRow* brows, int layer) {
   const int groups = (kThreads / 32) * (32 / (d / 8));
   const size_t smem = size_t(groups) * gc * (d + 2) * sizeof(float);
   launch_pdl(attn_split_kernel<E, Q8, GM>, dim3(n / gc, splits, T), kThreads, smem, s, out, partial, q, Kr, Vr, cap,
-             pos0_dev, n, n_kv, gc, d, splits, kmin, scale);
+             pos0_dev, n, n_kv, gc, d, splits, kmin, scale, brows, layer);
   CK_LAUNCH("attn_split_kernel");
 }
 
 template <bool Q8>
 void launch_decode(void* out, const void* q, const void* k, const float2* ksz, const void* v, const float2* vsz, int cap,
                    const int* pos0_dev, int T, int n, int n_kv, int d, int splits, float* partial, DT dt,
-                   cudaStream_t s) {
+                   cudaStream_t s, const KvBatchRow* brows = nullptr, int layer = 0) {
   if (d < 8 || d > 256 || (d & (d - 1)) != 0)
     throw Error("cuda: attention supports head_dim 8, 16, 32, 64, 128 or 256 (got " + std::to_string(d) + ")");
   if (n_kv < 1 || n % n_kv != 0)
@@ -264,16 +280,16 @@ void launch_decode(void* out, const void* q, const void* k, const float2* ksz, c
     E* o = static_cast<E*>(out);
     const E* qq = static_cast<const E*>(q);
     if (gc == 1)
-      launch_split<E, Q8, 1>(o, partial, qq, Kr, Vr, cap, pos0_dev, T, n, n_kv, gc, d, splits, kmin, scale, s);
+      launch_split<E, Q8, 1>(o, partial, qq, Kr, Vr, cap, pos0_dev, T, n, n_kv, gc, d, splits, kmin, scale, s, brows, layer);
     else if (gc == 2)
-      launch_split<E, Q8, 2>(o, partial, qq, Kr, Vr, cap, pos0_dev, T, n, n_kv, gc, d, splits, kmin, scale, s);
+      launch_split<E, Q8, 2>(o, partial, qq, Kr, Vr, cap, pos0_dev, T, n, n_kv, gc, d, splits, kmin, scale, s, brows, layer);
     else if (gc <= 4)
-      launch_split<E, Q8, 4>(o, partial, qq, Kr, Vr, cap, pos0_dev, T, n, n_kv, gc, d, splits, kmin, scale, s);
+      launch_split<E, Q8, 4>(o, partial, qq, Kr, Vr, cap, pos0_dev, T, n, n_kv, gc, d, splits, kmin, scale, s, brows, layer);
     else
-      launch_split<E, Q8, 8>(o, partial, qq, Kr, Vr, cap, pos0_dev, T, n, n_kv, gc, d, splits, kmin, scale, s);
+      launch_split<E, Q8, 8>(o, partial, qq, Kr, Vr, cap, pos0_dev, T, n, n_kv, gc, d, splits, kmin, scale, s, brows, layer);
     if (splits > 1) {
       launch_pdl(attn_combine_kernel<E>, dim3(n, T), kThreads, size_t(splits) * sizeof(float), s, o, partial,
-                 pos0_dev, n, d, splits, kmin);
+                 pos0_dev, n, d, splits, kmin, brows);
       CK_LAUNCH("attn_combine_kernel");
     }
   });
@@ -285,6 +301,16 @@ void attention_decode(void* out, const void* q, const void* k_cache, const void*
                       int T, int n, int n_kv, int d, int splits, float* partial, DT dt, cudaStream_t s) {
   launch_decode<false>(out, q, k_cache, nullptr, v_cache, nullptr, cap, pos0_dev, T, n, n_kv, d, splits, partial, dt,
                        s);
+}
+
+void attention_decode_batched(void* out, const void* q, const KvBatchRow* rows, int layer, bool int8, int T, int n,
+                              int n_kv, int d, int splits, float* partial, DT dt, cudaStream_t s) {
+  if (int8)
+    launch_decode<true>(out, q, nullptr, nullptr, nullptr, nullptr, 0, nullptr, T, n, n_kv, d, splits, partial, dt, s,
+                        rows, layer);
+  else
+    launch_decode<false>(out, q, nullptr, nullptr, nullptr, nullptr, 0, nullptr, T, n, n_kv, d, splits, partial, dt,
+                         s, rows, layer);
 }
 
 void attention_decode_int8(void* out, const void* q, KvQ8 k_cache, KvQ8 v_cache, int cap, const int* pos0_dev, int T,

@@ -139,6 +139,72 @@ __global__ void __launch_bounds__(kThreads) gemv_swiglu_kernel(T* __restrict__ g
   }
 }
 
+// ---- gemv_batched: 2..16 rows (a batched decode step) on tensor cores ----
+// y [M, N] (+)= x [M, K] W^T + b with M <= 16: W is read once for all M rows. A block of 8 warps
+// owns 16 rows of W; warp w takes the 32-wide K chunks w, w + 8, ... For mma.m16n8k16 the W rows
+// are the A operand (16 x 16) and the M activation rows the B operand (16 x 8, one or two n
+// tiles). Thread (g = lane / 4, t = lane % 4) loads 16 bytes of W rows g and g + 8 and of x rows
+// g (and g + 8) at k = 32c + 8t .. + 7 and uses them directly as fragments: the four k slots a
+// thread holds in each of the chunk's two mma steps ({2t, 2t+1, 2t+8, 2t+9}) are mapped to
+// actual k's 8t..8t+3 and 8t+4..8t+7 alike in A and B, and a dot product does not care how
+// its k's are ordered. So every load is a 16-byte one with no shuffles or shared memory; 4
+// chunks (8 loads of W) are in flight per thread. The warps' 16 x 16 partial tiles are summed
+// in shared memory in a fixed order (deterministic). Launched with PDL like the GEMV.
+constexpr int kBatWarps = 8, kBatU = 4;
+
+template <typename T, int NT>
+__global__ void __launch_bounds__(kBatWarps * 32)
+    gemv_batched_kernel(float* __restrict__ y, int ldy, const T* __restrict__ x, const T* __restrict__ W,
+                        const float* __restrict__ b, int M, int N, int K, bool accumulate) {
+  __shared__ float red[kBatWarps][16][17];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int n0 = blockIdx.x * 16, nch = (K + 31) / 32;
+  const T* wl = W + int64_t(min(n0 + g, N - 1)) * K + 8 * t;
+  const T* wh = W + int64_t(min(n0 + g + 8, N - 1)) * K + 8 * t;
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  uint4 al[kBatU], ah[kBatU];
+  auto load_w = [&](int c0) {
+#pragma unroll
+    for (int u = 0; u < kBatU; u++) {
+      const int c = c0 + u * kBatWarps;
+      const bool ok = c < nch && c * 32 + 8 * t < K;  // K % 8 == 0: an 8-wide piece is all in or all out
+      al[u] = ok ? ld_stream(wl + c * 32) : zero;
+      ah[u] = ok ? ld_stream(wh + c * 32) : zero;
+    }
+  };
+  float acc[NT][4];
+#pragma unroll
+  for (int j = 0; j < NT; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+  load_w(warp);
+  pdl_wait();
+  pdl_trigger();
+  for (int c0 = warp; c0 < nch; c0 += kBatU * kBatWarps) {
+    uint4 xv[kBatU][NT];
+#pragma unroll
+    for (int u = 0; u < kBatU; u++) {
+      const int c = c0 + u * kBatWarps;
+#pragma unroll
+      for (int j = 0; j < NT; j++) {
+        const int row = g + 8 * j;
+        const bool ok = c < nch && c * 32 + 8 * t < K && row < M;
+        xv[u][j] = ok ? *reinterpret_cast<const uint4*>(x + int64_t(row) * K + c * 32 + 8 * t) : zero;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kBatU; u++) {
+      const uint32_t a0[4] = {al[u].x, ah[u].x, al[u].y, ah[u].y};
+      const uint32_t a1[4] = {al[u].z, ah[u].z, al[u].w, ah[u].w};
+#pragma unroll
+      for (int j = 0; j < NT; j++) {
+        mma16816<T>(acc[j], a0, xv[u][j].x, xv[u][j].y);
+        mma16816<T>(acc[j], a1, xv[u][j].z, xv[u][j].w);
+      }
+    }
+    load_w(c0 + kBatU * kBatWarps);
+  }
+  batched_tile_store<kBatWarps, NT>(red, acc, y, ldy, b, M, N, n0, accumulate);
+}
+
 void check_gemv_shape(const void* x, const void* W, int K, const char* what) {
   if (K % 8 != 0 || (reinterpret_cast<uintptr_t>(W) & 15) || (reinterpret_cast<uintptr_t>(x) & 15))
     throw Error(std::string("cuda: ") + what + " needs K % 8 == 0 and 16-byte aligned operands (K = " +
@@ -166,10 +232,28 @@ void gemv_swiglu(void* g, const void* x, const void* W12, const float* b12, int 
   CK_LAUNCH("gemv_swiglu_kernel");
 }
 
+void gemv_batched(float* y, int ldy, const void* x, const void* W, const float* b, int M, int N, int K,
+                  bool accumulate, DT dt, cudaStream_t s) {
+  check_gemv_shape(x, W, K, "gemv_batched");
+  if (M < 1 || M > kGemvBatchMax || ldy < N) throw Error("cuda: gemv_batched takes 1..16 rows and ldy >= N");
+  const int blocks = ceil_div(N, 16);
+  QWEN_DISPATCH_DT(dt, E, {
+    if (M <= 8)
+      launch_pdl(gemv_batched_kernel<E, 1>, blocks, kBatWarps * 32, 0, s, y, ldy, static_cast<const E*>(x),
+                 static_cast<const E*>(W), b, M, N, K, accumulate);
+    else
+      launch_pdl(gemv_batched_kernel<E, 2>, blocks, kBatWarps * 32, 0, s, y, ldy, static_cast<const E*>(x),
+                 static_cast<const E*>(W), b, M, N, K, accumulate);
+  });
+  CK_LAUNCH("gemv_batched_kernel");
+}
+
 void linear(float* y, const void* x, const void* W, const float* b, int T, int N, int K, bool accumulate, DT dt,
             cudaStream_t s) {
   if (T == 1)
     gemv(y, x, W, b, N, K, accumulate, dt, s);
+  else if (T <= kGemvBatchMax)
+    gemv_batched(y, N, x, W, b, T, N, K, accumulate, dt, s);
   else
     gemm(y, x, W, b, T, N, K, accumulate, dt, s);
 }

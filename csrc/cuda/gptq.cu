@@ -21,6 +21,8 @@
 // splits K over its threads (one 16-byte chunk per column per iteration: 8 loads in flight), so
 // x (read as half2, no conversion) is loaded once for 8 columns; a transposing shuffle reduction
 // and shared memory give the 8 sums. ~2.3 instructions per weight instead of ~5.5.
+// Batched decode (2..16 rows): int4 v2 has gptq4_batched_v2_kernel (below); other layouts run
+// the GEMV per row up to kGptqRowLoopMax rows, and the prefill path beyond.
 // Prefill (T > 1): the layer is dequantized (fp32 math, rounded once to the activation type) in
 // the ORIGINAL row order into a scratch [cols, K] matrix, cols columns at a time (cols bounded by
 // the scratch), each slice followed by the tensor-core GEMM into its columns of y.
@@ -296,6 +298,109 @@ __global__ void __launch_bounds__(kV2Threads)
   }
 }
 
+// ---- batched decode (2..16 rows), v2 layout: dequantize in registers, multiply on tensor cores ----
+// y rows m (stride ldy) (+)= x [M, K] (fp16, sorted row order) W^T + b, W int4 in layout 1. As
+// gemv_batched (gemv.cu): a block of 8 warps owns 16 columns of W (the mma A operand's rows),
+// the M activation rows are the B operand, and each thread feeds its 16-byte loads straight into
+// fragments under a k relabelling that A and B share. Here a thread (g = lane / 4, t = lane % 4)
+// takes, in super-chunk sc (128 rows of K), chunk c = 4 sc + t: one 16-byte word group (32 rows)
+// of columns n0 + g and n0 + g + 8, their (scale, zero) for c's group, and 64 bytes of x rows g
+// (and g + 8) at those 32 rows. Word i's 8 nibbles become four half2 (the v2 lop3 trick, q - z
+// exact in fp16) times the scale (one fp16 rounding, as any fp16 weight), fed as two mma k-steps:
+// step (i, h) gives slots {2t, 2t+1, 2t+8, 2t+9} the rows 32c + 8i + 4h + {0, 1, 2, 3}.
+template <int NT>
+__global__ void __launch_bounds__(256)
+    gptq4_batched_v2_kernel(float* __restrict__ y, int ldy, const __half* __restrict__ x, GptqDev L,
+                            const float* __restrict__ b, int M, bool accumulate) {
+  constexpr int kWarpsB = 8, U = 2;
+  __shared__ float red[kWarpsB][16][17];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int n0 = blockIdx.x * 16, N = L.N, K = L.K, nch = K / 32, nsc = (nch + 3) / 4;
+  const int nl = min(n0 + g, N - 1), nh = min(n0 + g + 8, N - 1);
+  const uint4* ql = reinterpret_cast<const uint4*>(L.qw) + int64_t(nl) * nch;
+  const uint4* qh = reinterpret_cast<const uint4*>(L.qw) + int64_t(nh) * nch;
+  const uint32_t* ml = L.meta + int64_t(nl) * L.ngroups;
+  const uint32_t* mh = L.meta + int64_t(nh) * L.ngroups;
+  const uint4 zero4 = make_uint4(0, 0, 0, 0);
+  uint4 wl[U], wh[U];
+  uint32_t sl[U], sh[U];
+  auto load_w = [&](int sc0) {
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int c = 4 * (sc0 + u * kWarpsB) + t;
+      const bool ok = sc0 + u * kWarpsB < nsc && c < nch;
+      wl[u] = ok ? ld_stream(ql + c) : zero4;
+      wh[u] = ok ? ld_stream(qh + c) : zero4;
+      const int grp = ok ? __ldg(L.cg + c) : 0;
+      sl[u] = ok ? __ldg(ml + grp) : 0u;
+      sh[u] = ok ? __ldg(mh + grp) : 0u;
+    }
+  };
+  float acc[NT][4];
+#pragma unroll
+  for (int j = 0; j < NT; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+  load_w(warp);
+  pdl_wait();
+  pdl_trigger();
+  const __half2 r16 = u2h2(0x2C002C00u);  // 1/16
+  for (int sc0 = warp; sc0 < nsc; sc0 += U * kWarpsB) {
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int c = 4 * (sc0 + u * kWarpsB) + t;
+      const bool ok = sc0 + u * kWarpsB < nsc && c < nch;
+      uint4 xv[NT][4];
+#pragma unroll
+      for (int j = 0; j < NT; j++) {
+        const int row = g + 8 * j;
+        const uint4* xp = reinterpret_cast<const uint4*>(x + int64_t(row) * K + int64_t(c) * 32);
+#pragma unroll
+        for (int i = 0; i < 4; i++) xv[j][i] = ok && row < M ? xp[i] : zero4;
+      }
+      // (q - z) * s for the 8 rows of each word, both columns: d[col][i][0..3] = rows {0,1}, {2,3}, {4,5}, {6,7}
+      uint32_t dq[2][4][4];
+#pragma unroll
+      for (int cc = 0; cc < 2; cc++) {
+        const uint4 w = cc ? wh[u] : wl[u];
+        const uint32_t m = cc ? sh[u] : sl[u];
+        const uint32_t z = m >> 16;
+        const __half2 zl = u2h2((0xE400u | z) * 0x00010001u);         // -(1024 + z)
+        const __half2 zhh = u2h2((0xD400u + (z << 4)) * 0x00010001u);  // -(64 + z)
+        const __half2 s2 = u2h2((m & 0xFFFFu) * 0x00010001u);
+        const uint32_t ww[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+          const uint32_t a = ww[i], bsh = a >> 8;
+          __half2 d0 = __hadd2(u2h2(lop3_and_or(a, 0x000F000Fu, 0x64006400u)), zl);
+          __half2 d1 = __hfma2(u2h2(lop3_and_or(a, 0x00F000F0u, 0x64006400u)), r16, zhh);
+          __half2 d2 = __hadd2(u2h2(lop3_and_or(bsh, 0x000F000Fu, 0x64006400u)), zl);
+          __half2 d3 = __hfma2(u2h2(lop3_and_or(bsh, 0x00F000F0u, 0x64006400u)), r16, zhh);
+          d0 = __hmul2(d0, s2);
+          d1 = __hmul2(d1, s2);
+          d2 = __hmul2(d2, s2);
+          d3 = __hmul2(d3, s2);
+          dq[cc][i][0] = *reinterpret_cast<uint32_t*>(&d0);
+          dq[cc][i][1] = *reinterpret_cast<uint32_t*>(&d1);
+          dq[cc][i][2] = *reinterpret_cast<uint32_t*>(&d2);
+          dq[cc][i][3] = *reinterpret_cast<uint32_t*>(&d3);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          const uint32_t a[4] = {dq[0][i][2 * h], dq[1][i][2 * h], dq[0][i][2 * h + 1], dq[1][i][2 * h + 1]};
+#pragma unroll
+          for (int j = 0; j < NT; j++) {
+            const uint32_t b0 = h ? xv[j][i].z : xv[j][i].x, b1 = h ? xv[j][i].w : xv[j][i].y;
+            mma16816<__half>(acc[j], a, b0, b1);
+          }
+        }
+    }
+    load_w(sc0 + U * kWarpsB);
+  }
+  batched_tile_store<kWarpsB, NT>(red, acc, y, ldy, b, M, N, n0, accumulate);
+}
+
 // xp [T, K] = x[:, perm] (16-bit elements).
 __global__ void gptq_gather_kernel(uint16_t* __restrict__ xp, const uint16_t* __restrict__ x,
                                    const int32_t* __restrict__ perm, int K) {
@@ -513,18 +618,45 @@ void gptq_matmul(float* y, int ldy, const void* x, const GptqDev& L, const float
   }
 }
 
-void gptq_linear(float* y, const void* x, const GptqDev& L, const float* b, int T, bool accumulate, void* xperm,
-                 void* deq, size_t deq_elems, DT dt, cudaStream_t s) {
-  if (T == 1) {
+void gptq_batched(float* y, int ldy, const void* x, const GptqDev& L, const float* b, int M, bool accumulate, DT dt,
+                  cudaStream_t s) {
+  if (L.layout != 1 || dt != DT::F16 || L.bits != 4 || L.K % 32 != 0 || (reinterpret_cast<uintptr_t>(x) & 15) ||
+      M < 1 || M > kGemvBatchMax || ldy < L.N)
+    throw Error("cuda: gptq_batched needs the v2 layout (int4, fp16), K % 32 == 0, a 16-byte aligned x, 1..16 rows");
+  const int blocks = ceil_div(L.N, 16);
+  if (M <= 8)
+    launch_pdl(gptq4_batched_v2_kernel<1>, blocks, 256, 0, s, y, ldy, static_cast<const __half*>(x), L, b, M,
+               accumulate);
+  else
+    launch_pdl(gptq4_batched_v2_kernel<2>, blocks, 256, 0, s, y, ldy, static_cast<const __half*>(x), L, b, M,
+               accumulate);
+  CK_LAUNCH("gptq4_batched_v2_kernel");
+}
+
+void gptq_linear_ld(float* y, int ldy, const void* x, const GptqDev& L, const float* b, int T, bool accumulate,
+                    void* xperm, void* deq, size_t deq_elems, DT dt, cudaStream_t s) {
+  const bool batched_v2 = L.layout == 1 && dt == DT::F16 && L.bits == 4;
+  if (T == 1 || (T <= kGemvBatchMax && batched_v2) || (T <= kGptqRowLoopMax && !batched_v2)) {
     const void* xs = x;
     if (L.perm) {
-      gptq_gather(xperm, x, L.perm, 1, L.K, s);
+      gptq_gather(xperm, x, L.perm, T, L.K, s);
       xs = xperm;
     }
-    gptq_gemv(y, xs, L, b, accumulate, dt, s);
+    if (T > 1 && batched_v2) {
+      gptq_batched(y, ldy, xs, L, b, T, accumulate, dt, s);
+    } else {
+      // T == 1, or a few rows of a layout without the batched kernel: the GEMV once per row
+      for (int r = 0; r < T; r++)
+        gptq_gemv(y + int64_t(r) * ldy, static_cast<const char*>(xs) + int64_t(r) * L.K * 2, L, b, accumulate, dt, s);
+    }
   } else {
-    gptq_matmul(y, L.N, x, L, b, T, accumulate, deq, deq_elems, dt, s);
+    gptq_matmul(y, ldy, x, L, b, T, accumulate, deq, deq_elems, dt, s);
   }
+}
+
+void gptq_linear(float* y, const void* x, const GptqDev& L, const float* b, int T, bool accumulate, void* xperm,
+                 void* deq, size_t deq_elems, DT dt, cudaStream_t s) {
+  gptq_linear_ld(y, L.N, x, L, b, T, accumulate, xperm, deq, deq_elems, dt, s);
 }
 
 }  // namespace qwen::cuda

@@ -216,7 +216,7 @@ class CudaBackend : public Backend {
     r.weights = weight_bytes_;
     r.host_weights = wte_host_bytes_;
     r.kv_cache = live_kv_->load();
-    r.workspace = ws_bytes_;
+    r.workspace = ws_bytes_ + bbytes_;
     return r;
   }
 
@@ -228,6 +228,136 @@ class CudaBackend : public Backend {
     if (!device_argmax_) return false;  // QWEN_DEVICE_ARGMAX=0: the caller copies the logits
     run(base, ids, T, nullptr, false, token_out);
     return true;
+  }
+
+  // Continuous batching (Engine): the items that feed one token run as one batched decode step
+  // (every weight read once for all of them, gemv_batched), in groups of at most
+  // kGemvBatchMax; prompt chunks (n > 1) and a lone item run through run() one by one.
+  void forward_batch(std::vector<BatchItem>& items) override {
+    std::vector<BatchItem*> dec;
+    for (BatchItem& it : items) {
+      if (it.n == 1 && items.size() > 1) {
+        dec.push_back(&it);
+        continue;
+      }
+      it.argmax = it.token_out && device_argmax_;
+      run(*it.cache, it.ids, it.n, it.argmax ? nullptr : it.logits, false, it.argmax ? it.token_out : nullptr);
+    }
+    for (size_t i = 0; i < dec.size(); i += cuda::kGemvBatchMax) {
+      const size_t e = std::min(dec.size(), i + cuda::kGemvBatchMax);
+      if (e - i == 1) {
+        BatchItem& it = *dec[i];
+        it.argmax = it.token_out && device_argmax_;
+        run(*it.cache, it.ids, 1, it.argmax ? nullptr : it.logits, false, it.argmax ? it.token_out : nullptr);
+      } else {
+        decode_batch(dec.data() + i, int(e - i));
+      }
+    }
+  }
+
+  // One decode step of B (2..kGemvBatchMax) sequences: row b is items[b]'s token at its cache's
+  // length. The per-row caches are described to the kernels by a KvBatchRow table copied in
+  // before the step, so the captured graph depends only on B (one graph per B, made at first use).
+  void decode_batch(BatchItem* const* items, int B) {
+    std::lock_guard<std::mutex> lock(mu_);
+    CK(cudaSetDevice(dev_));
+    ensure_batch_region();
+    for (int b = 0; b < B; b++) {
+      BatchItem& it = *items[b];
+      CudaCache* c = dynamic_cast<CudaCache*>(it.cache);
+      if (!c || c->owner != this) throw Error("cuda: this KV cache was not made by this model");
+      if (c->length + 1 > c->capacity) throw Error("cuda: forward past the KV cache's capacity");
+      for (int o = 0; o < b; o++)
+        if (items[o]->cache == it.cache) throw Error("cuda: a batched step got the same KV cache twice");
+      upload_rope_table(*c);
+      BatchStage& st = *bstage_;
+      st.ids[b] = it.ids[0];
+      cuda::KvBatchRow& r = st.rows[b];
+      r.k = c->k;
+      r.v = c->v;
+      r.ksz = c->int8 ? c->ksz : nullptr;
+      r.vsz = c->int8 ? c->vsz : nullptr;
+      r.layer_bytes = (long long)c->layer_bytes;
+      r.sz_layer_bytes = (long long)c->sz_layer_bytes;
+      r.inv_freq = c->inv_freq;
+      r.cap = c->capacity;
+      r.pos = c->length;
+    }
+    CK(cudaMemcpyAsync(bdev_, bstage_, sizeof(BatchStage), cudaMemcpyHostToDevice, stream_));
+    if (!use_graph_) {
+      decode_batch_kernels(B);
+    } else {
+      cudaGraphExec_t& ge = bgraphs_[size_t(B)];
+      if (!ge) ge = capture([&] { decode_batch_kernels(B); }, "cudaGraphInstantiate (batched decode step)");
+      CK(cudaGraphLaunch(ge, stream_));
+    }
+    const int V = cfg_.vocab_size;
+    bool any_argmax = false;
+    for (int b = 0; b < B; b++) {
+      BatchItem& it = *items[b];
+      it.argmax = it.token_out && device_argmax_;
+      any_argmax |= it.argmax;
+      if (!it.argmax)
+        CK(cudaMemcpyAsync(it.logits, logits_ + size_t(b) * V, size_t(V) * 4, cudaMemcpyDeviceToHost, stream_));
+    }
+    if (any_argmax)
+      CK(cudaMemcpyAsync(bstage_->argmax, bdev_->argmax, sizeof(int32_t) * size_t(B), cudaMemcpyDeviceToHost, stream_));
+    CK(cudaStreamSynchronize(stream_));
+    for (int b = 0; b < B; b++)
+      if (items[b]->argmax) *items[b]->token_out = bstage_->argmax[b];
+  }
+
+  void decode_batch_kernels(int B) {
+    run_layers(nullptr, B, 0, bdev_->rows, bdev_->ids);
+    cuda::rmsnorm(h_, x_, lnf_, B, cfg_.hidden_size, cfg_.rms_eps, dt_, stream_);
+    cuda::linear(logits_, h_, lm_head_.w, lm_head_.b, B, cfg_.vocab_size, cfg_.hidden_size, false, dt_, stream_);
+    cuda::argmax(bdev_->argmax, logits_, cfg_.vocab_size, stream_, B);
+  }
+
+  // The batched step's table (pinned host staging and its device copy) and attention partials,
+  // allocated at the first batched step: a model that never batches does not pay for them.
+  void ensure_batch_region() {
+    if (bdev_) return;
+    const size_t partial = cuda::attention_decode_partial_floats(cuda::kGemvBatchMax, cfg_.num_heads, cfg_.head_dim,
+                                                                 kMaxSplits) * 4;
+    const size_t bytes = align256(sizeof(BatchStage)) + align256(partial);
+    size_t free_b = 0, total_b = 0;
+    CK(cudaMemGetInfo(&free_b, &total_b));
+    if (bytes > free_b)
+      throw Error("cuda: batched decoding needs " + gib(bytes) + " GiB of workspace, " + gib(free_b) + " GiB free");
+    void* host = nullptr;
+    CK(cudaMallocHost(&host, sizeof(BatchStage)));
+    void* dev = nullptr;
+    if (cudaMalloc(&dev, bytes) != cudaSuccess) {
+      cudaGetLastError();
+      cudaFreeHost(host);
+      throw Error("cuda: batched decoding needs " + gib(bytes) + " GiB of workspace: cudaMalloc failed");
+    }
+    bstage_ = new (host) BatchStage();
+    bdev_ = static_cast<BatchStage*>(dev);
+    bpartial_ = reinterpret_cast<float*>(static_cast<char*>(dev) + align256(sizeof(BatchStage)));
+    bbytes_ = bytes;
+  }
+
+  // Captures fn's launches on stream_ into an instantiated graph.
+  template <typename Fn>
+  cudaGraphExec_t capture(Fn&& fn, const char* what) {
+    cudaGraph_t g = nullptr;
+    CK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    try {
+      fn();
+    } catch (...) {
+      cudaStreamEndCapture(stream_, &g);
+      if (g) cudaGraphDestroy(g);
+      cudaGetLastError();
+      throw;
+    }
+    CK(cudaStreamEndCapture(stream_, &g));
+    cudaGraphExec_t ge = nullptr;
+    cudaError_t e = cudaGraphInstantiate(&ge, g, 0);
+    cudaGraphDestroy(g);
+    if (e != cudaSuccess) cuda::throw_cuda(e, what);
+    return ge;
   }
 
   // forward / forward_argmax: logits of the last (all_logits: every) position to host `logits`,
@@ -250,7 +380,7 @@ class CudaBackend : public Backend {
       std::memcpy(pinned_, ids + start, size_t(rows) * 4);
       pinned_[kChunk] = pos0 + start;
       CK(cudaMemcpyAsync(step_, pinned_, (kChunk + 1) * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
-      run_layers(*c, rows, pos0 + start);
+      run_layers(c, rows, pos0 + start);
       if (all_logits && !token) {
         for (int r0 = 0; r0 < rows; r0 += kLmRows) {
           const int nr = std::min(kLmRows, rows - r0);
@@ -467,7 +597,7 @@ class CudaBackend : public Backend {
                  q_at = wplace(size_t(kChunk) * Q * 2),
                  att_at = wplace(size_t(kChunk) * Q * 2), g_at = wplace(size_t(kChunk) * F * 2),
                  st_at = wplace(size_t(kChunk + 2) * 4);
-    // GPTQ scratch: gathered activations (decode, act-order: two vectors of K for w1/w2) and one
+    // GPTQ scratch: gathered activations (act-order: decode w1/w2 or a batched step's rows) and one
     // dequantized slice of a layer for the prefill GEMM: the whole largest layer when it fits in
     // kDeqBytes, else slices of whole 128-column tiles (cuda::gptq_matmul).
     size_t max_k = 0, max_nk = 0;
@@ -476,7 +606,8 @@ class CudaBackend : public Backend {
       max_nk = std::max(max_nk, size_t(q.N) * q.K);
     }
     deq_elems_ = std::min(max_nk, std::max(kDeqBytes / 2, max_k));
-    const size_t xp_at = qoffs.empty() ? 0 : wplace(2 * max_k * 2),
+    // xperm: two vectors of K (decode w1/w2 gathers) or the rows of a batched step [16, K]
+    const size_t xp_at = qoffs.empty() ? 0 : wplace(std::max<size_t>(2, cuda::kGemvBatchMax) * max_k * 2),
                  dq_at = qoffs.empty() ? 0 : wplace(deq_elems_ * 2);
     ws_bytes_ = ws;
 
@@ -695,6 +826,12 @@ class CudaBackend : public Backend {
 
   void release() noexcept {
     cudaSetDevice(dev_);
+    for (cudaGraphExec_t& g : bgraphs_)
+      if (g) cudaGraphExecDestroy(g), g = nullptr;
+    if (bstage_) cudaFreeHost(bstage_);
+    if (bdev_) cudaFree(bdev_);
+    bstage_ = nullptr;
+    bdev_ = nullptr;
     if (stream_) cudaStreamDestroy(stream_);
     if (pinned_) cudaFreeHost(pinned_);
     if (ws_) cudaFree(ws_);
@@ -719,10 +856,13 @@ class CudaBackend : public Backend {
     c.alpha_uploaded = c.ntk_alpha;
   }
 
-  // The layers for `rows` tokens whose ids and position are already in step_ (device).
-  void run_layers(CudaCache& c, int rows, int pos0) {
+  // The layers for `rows` tokens of cache c whose ids and position are already in step_ (device);
+  // or, batched decode (brows != null, c null), one token per row, each of its own cache, with
+  // the ids at bids (device).
+  void run_layers(CudaCache* cp, int rows, int pos0, const cuda::KvBatchRow* brows = nullptr,
+                  const int32_t* bids = nullptr) {
     const int H = cfg_.hidden_size, n = cfg_.num_heads, nkv = cfg_.num_kv_heads, d = cfg_.head_dim, F = cfg_.ffn_size,
-              cap = c.capacity, Q = cfg_.q_size(), QKV = Q + 2 * cfg_.kv_size();
+              cap = cp ? cp->capacity : 0, Q = cfg_.q_size(), QKV = Q + 2 * cfg_.kv_size();
     const int* pos_dev = step_ + kChunk;
     const int logn_len = cfg_.use_logn_attn ? cfg_.seq_length : 0;
     cudaStream_t s = stream_;
@@ -732,27 +872,26 @@ class CudaBackend : public Backend {
       else
         cuda::linear(y, x, W.w, b, rows, W.out, W.in, acc, dt_, s);
     };
-    cuda::embedding(x_, wte_, step_, rows, H, dt_, s);
+    cuda::embedding(x_, wte_, brows ? bids : step_, rows, H, dt_, s);
     for (int l = 0; l < cfg_.num_layers; l++) {
       const DevLayer& L = layers_[size_t(l)];
-      void* kl = c.k_layer(l);
-      void* vl = c.v_layer(l);
       cuda::rmsnorm(h_, x_, L.ln1, rows, H, cfg_.rms_eps, dt_, s);
       if (L.qkv_split) {
         // GPTQ q/k/v: each product into its column slice of qkv_ [rows, Q + 2KV].
         int col = 0;
         for (const DevLinear* W : {&L.qp, &L.kp, &L.vp}) {
-          if (rows == 1)
-            cuda::gptq_linear(qkv_ + col, h_, W->q, nullptr, 1, false, xperm_, deq_, deq_elems_, dt_, s);
-          else
-            cuda::gptq_matmul(qkv_ + col, QKV, h_, W->q, nullptr, rows, false, deq_, deq_elems_, dt_, s);
+          cuda::gptq_linear_ld(qkv_ + col, QKV, h_, W->q, nullptr, rows, false, xperm_, deq_, deq_elems_, dt_, s);
           col += W->out;
         }
       } else {
         lin(qkv_, h_, L.c_attn, nullptr, false);
       }
       const cuda::QkNorm nm{L.qn, L.kn, cfg_.rms_eps};
-      if (c.int8) {
+      if (brows) {
+        cuda::qkv_rope_append_batched(q_, brows, l, int8_kv_, qkv_, L.c_attn.b, nm, rows, n, nkv, d, logn_len, dt_, s);
+        cuda::attention_decode_batched(att_, q_, brows, l, int8_kv_, rows, n, nkv, d, kMaxSplits, bpartial_, dt_, s);
+      } else if (cp->int8) {
+        CudaCache& c = *cp;
         cuda::qkv_rope_append_int8_gqa(q_, c.kq(l), c.vq(l), cap, qkv_, L.c_attn.b, nm, c.inv_freq, pos_dev, rows, n,
                                        nkv, d, logn_len, dt_, s);
         if (rows == 1)
@@ -763,6 +902,9 @@ class CudaBackend : public Backend {
         else
           cuda::attention_decode_int8(att_, q_, c.kq(l), c.vq(l), cap, pos_dev, rows, n, nkv, d, 1, nullptr, dt_, s);
       } else {
+        CudaCache& c = *cp;
+        void* kl = c.k_layer(l);
+        void* vl = c.v_layer(l);
         cuda::qkv_rope_append_gqa(q_, kl, vl, cap, qkv_, L.c_attn.b, nm, c.inv_freq, pos_dev, rows, n, nkv, d, logn_len,
                                   dt_, s);
         if (rows == 1)
@@ -790,8 +932,9 @@ class CudaBackend : public Backend {
           cuda::gptq_gemv_swiglu(g_, x1, x2, L.w1.q, L.w2.q, L.w12.b, dt_, s);
         } else {
           const float* b12 = L.w12.b;
-          cuda::gptq_matmul(ab_, 2 * F, h_, L.w1.q, b12, rows, false, deq_, deq_elems_, dt_, s);
-          cuda::gptq_matmul(ab_ + F, 2 * F, h_, L.w2.q, b12 ? b12 + F : nullptr, rows, false, deq_, deq_elems_, dt_, s);
+          cuda::gptq_linear_ld(ab_, 2 * F, h_, L.w1.q, b12, rows, false, xperm_, deq_, deq_elems_, dt_, s);
+          cuda::gptq_linear_ld(ab_ + F, 2 * F, h_, L.w2.q, b12 ? b12 + F : nullptr, rows, false, xperm_, deq_,
+                               deq_elems_, dt_, s);
           cuda::swiglu(g_, ab_, rows, F, dt_, s);
         }
       } else if (rows == 1) {
@@ -805,7 +948,7 @@ class CudaBackend : public Backend {
   }
 
   void decode_kernels(CudaCache& c, int pos0) {
-    run_layers(c, 1, pos0);
+    run_layers(&c, 1, pos0);
     cuda::rmsnorm(h_, x_, lnf_, 1, cfg_.hidden_size, cfg_.rms_eps, dt_, stream_);
     cuda::gemv(logits_, h_, lm_head_.w, lm_head_.b, cfg_.vocab_size, cfg_.hidden_size, false, dt_, stream_);
   }
@@ -817,25 +960,7 @@ class CudaBackend : public Backend {
     if (!use_graph_) {
       decode_kernels(c, pos0);
     } else {
-      if (!c.graph) {
-        cudaGraph_t g = nullptr;
-        CK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
-        try {
-          decode_kernels(c, pos0);
-        } catch (...) {
-          cudaStreamEndCapture(stream_, &g);
-          if (g) cudaGraphDestroy(g);
-          cudaGetLastError();
-          throw;
-        }
-        CK(cudaStreamEndCapture(stream_, &g));
-        cudaError_t e = cudaGraphInstantiate(&c.graph, g, 0);
-        cudaGraphDestroy(g);
-        if (e != cudaSuccess) {
-          c.graph = nullptr;
-          cuda::throw_cuda(e, "cudaGraphInstantiate (decode step)");
-        }
-      }
+      if (!c.graph) c.graph = capture([&] { decode_kernels(c, pos0); }, "cudaGraphInstantiate (decode step)");
       CK(cudaGraphLaunch(c.graph, stream_));
     }
     fetch_result(logits, token);
@@ -872,7 +997,7 @@ class CudaBackend : public Backend {
   float* logits_ = nullptr;  // [kLmRows, V] fp32
   int32_t* step_ = nullptr;  // [kChunk] ids, then pos0, then the argmax result (device)
   int32_t* pinned_ = nullptr;  // host mirror of step_ (pinned)
-  void* xperm_ = nullptr;      // GPTQ: [2, max K] activations gathered through an act-order perm
+  void* xperm_ = nullptr;      // GPTQ: [16, max K] activations gathered through an act-order perm
   void* deq_ = nullptr;        // GPTQ: [deq_elems_] a slice of a layer dequantized for the prefill GEMM
   size_t deq_elems_ = 0;
   // wte in host memory (default): registered checkpoint pages, or a pinned copy.
@@ -881,6 +1006,18 @@ class CudaBackend : public Backend {
   void* wte_pinned_ = nullptr;      // cudaHostAlloc'ed copy
   size_t wte_host_bytes_ = 0;
   bool int8_kv_ = false;
+  // Batched decode (decode_batch): ids, the per-row cache table and the argmax results, staged in
+  // pinned host memory and copied to bdev_ before each step; attention partials for B rows.
+  struct BatchStage {
+    int32_t ids[cuda::kGemvBatchMax];
+    int32_t argmax[cuda::kGemvBatchMax];
+    cuda::KvBatchRow rows[cuda::kGemvBatchMax];
+  };
+  BatchStage* bstage_ = nullptr;  // pinned host
+  BatchStage* bdev_ = nullptr;    // device, with bpartial_ after it (one allocation, bbytes_)
+  float* bpartial_ = nullptr;
+  size_t bbytes_ = 0;
+  cudaGraphExec_t bgraphs_[cuda::kGemvBatchMax + 1] = {};  // per batch size
   void* wsb_base(size_t at) { return static_cast<char*>(ws_) + at; }
   std::shared_ptr<std::atomic<size_t>> live_kv_;
 };

@@ -80,6 +80,8 @@ __device__ __forceinline__ bool argmax_better(float v, int i, float bv, int bi) 
 
 __global__ void __launch_bounds__(kArgmaxThreads) argmax_kernel(int32_t* __restrict__ out, const float* __restrict__ v,
                                                                 int n) {
+  out += blockIdx.x;  // one block per row of v [rows, n]
+  v += int64_t(blockIdx.x) * n;
   __shared__ float sv[kArgmaxThreads / 32];
   __shared__ int si[kArgmaxThreads / 32];
   pdl_wait();
@@ -192,9 +194,9 @@ void embedding(float* x, const void* wte, const int32_t* ids, int T, int H, DT d
   CK_LAUNCH("embedding_kernel");
 }
 
-void argmax(int32_t* out, const float* v, int n, cudaStream_t s) {
-  if (n < 1) throw Error("cuda: argmax of an empty vector");
-  launch_pdl(argmax_kernel, 1, kArgmaxThreads, 0, s, out, v, n);
+void argmax(int32_t* out, const float* v, int n, cudaStream_t s, int rows) {
+  if (n < 1 || rows < 1) throw Error("cuda: argmax of an empty vector");
+  launch_pdl(argmax_kernel, rows, kArgmaxThreads, 0, s, out, v, n);
   CK_LAUNCH("argmax_kernel");
 }
 

@@ -22,17 +22,23 @@ namespace qwen::cuda {
 // when wte is 16-byte aligned and H % 8 == 0.
 void embedding(float* x, const void* wte, const int32_t* ids, int T, int H, DT dt, cudaStream_t s);
 // *out = the index of the largest of v [n] (fp32, device), the lowest index among ties (as
-// std::max_element; NaN never wins, unlike max_element's NaN at index 0). One block of 1024.
-void argmax(int32_t* out, const float* v, int n, cudaStream_t s);
+// std::max_element; NaN never wins, unlike max_element's NaN at index 0). One block of 1024
+// per row: rows > 1 takes v [rows, n] and writes out[0..rows).
+void argmax(int32_t* out, const float* v, int n, cudaStream_t s, int rows = 1);
 // out [T, H] (dt) = x * rsqrt(mean(x^2) + eps) * w ; x fp32, w fp32.
 void rmsnorm(void* out, const float* x, const float* w, int T, int H, float eps, DT dt, cudaStream_t s);
 
 // gemv.cu / gemm.cu ----------------------------------------------------------------------------
 // y [T, N] fp32 (+)= x [T, K] W^T + b ; x, W [N, K] in dt; b fp32 [N] or null; K % 8 == 0.
-// accumulate: y += (residual add). T == 1 runs the GEMV, T > 1 the tensor-core GEMM.
+// accumulate: y += (residual add). T == 1 runs the GEMV, 2..16 rows gemv_batched (W read once,
+// tensor cores, many blocks), more the tiled tensor-core GEMM.
 void linear(float* y, const void* x, const void* W, const float* b, int T, int N, int K, bool accumulate, DT dt,
             cudaStream_t s);
 void gemv(float* y, const void* x, const void* W, const float* b, int N, int K, bool accumulate, DT dt, cudaStream_t s);
+constexpr int kGemvBatchMax = 16;
+// y rows m (stride ldy floats) (+)= x [M, K] W^T + b for 1 <= M <= kGemvBatchMax.
+void gemv_batched(float* y, int ldy, const void* x, const void* W, const float* b, int M, int N, int K,
+                  bool accumulate, DT dt, cudaStream_t s);
 void gemm(float* y, const void* x, const void* W, const float* b, int T, int N, int K, bool accumulate, DT dt,
           cudaStream_t s);
 // As gemm, writing y rows with a stride of ldy >= N floats (a column slice of a wider output).
@@ -143,10 +149,19 @@ int gptq_slice_cols(int N, int K, size_t deq_elems);
 // dequantizing gptq_slice_cols columns at a time into deq and running the GEMM on each slice.
 void gptq_matmul(float* y, int ldy, const void* x, const GptqDev& L, const float* b, int T, bool accumulate, void* deq,
                  size_t deq_elems, DT dt, cudaStream_t s);
-// y [T, N] (+)= x [T, K] W^T + b, x in the original order. T == 1: gather (xperm [K] scratch,
-// act-order only) + GEMV; T > 1: gptq_matmul with the deq scratch (deq_elems elements).
+// y [T, N] (+)= x [T, K] W^T + b, x in the original order (act-order: gathered through perm into
+// the xperm scratch, [T, K] 16-bit). T == 1: the GEMV; T <= 16 with the v2 layout: gptq_batched;
+// T <= kGptqRowLoopMax with another layout: the GEMV once per row; else gptq_matmul with the
+// deq scratch (deq_elems elements). gptq_linear_ld writes rows of y with a stride of ldy >= N.
+constexpr int kGptqRowLoopMax = 4;
 void gptq_linear(float* y, const void* x, const GptqDev& L, const float* b, int T, bool accumulate, void* xperm,
                  void* deq, size_t deq_elems, DT dt, cudaStream_t s);
+void gptq_linear_ld(float* y, int ldy, const void* x, const GptqDev& L, const float* b, int T, bool accumulate,
+                    void* xperm, void* deq, size_t deq_elems, DT dt, cudaStream_t s);
+// Batched decode on the v2 layout (int4, fp16): y rows m (stride ldy) (+)= x [M, K] W^T + b,
+// x already in sorted row order, 1 <= M <= kGemvBatchMax; W read once for all rows.
+void gptq_batched(float* y, int ldy, const void* x, const GptqDev& L, const float* b, int M, bool accumulate, DT dt,
+                  cudaStream_t s);
 
 // int8 KV cache (SPEC 5, ours): uint8 q [n, cap, d] and (scale, zero) [n, cap] per layer;
 // x' = scale * (q - zero), quantized exactly as cpu::kv_quantize_int8.
@@ -166,5 +181,29 @@ void attention_decode_int8(void* out, const void* q, KvQ8 k_cache, KvQ8 v_cache,
                            int n, int n_kv, int d, int splits, float* partial, DT dt, cudaStream_t s);
 void attention_prefill_int8(void* out, const void* q, KvQ8 k_cache, KvQ8 v_cache, int cap, int pos0, int T, int n,
                             int n_kv, int d, DT dt, cudaStream_t s);
+
+// ---- batched decode (several sequences, one token each, one pass) ----
+// Row t of a batched decode step belongs to its own sequence with its own cache: this is that
+// cache as the kernels need it (device memory, one per row). Layer l of K starts at
+// k + l * layer_bytes (V, and the int8 (scale, zero) planes with sz_layer_bytes, alike).
+struct KvBatchRow {
+  char* k = nullptr;
+  char* v = nullptr;
+  char* ksz = nullptr;  // int8 cache only
+  char* vsz = nullptr;
+  long long layer_bytes = 0;
+  long long sz_layer_bytes = 0;
+  const float* inv_freq = nullptr;  // the sequence's rope table (its own NTK alpha)
+  int cap = 0;                      // the cache's capacity
+  int pos = 0;                      // where this row's token goes (it sees keys 0..pos)
+};
+// qkv_rope_append(_int8)_gqa for T rows, row t at rows[t].pos of its own cache (layer `layer`).
+void qkv_rope_append_batched(void* q, const KvBatchRow* rows, int layer, bool int8, const float* qkv,
+                             const float* bias, QkNorm norm, int T, int n, int n_kv, int d, int seq_length, DT dt,
+                             cudaStream_t s);
+// attention_decode(_int8) for T rows, row t's query over keys 0..rows[t].pos of its own cache;
+// partial [T, n, splits, d + 2] as attention_decode_partial_floats(T, n, d, splits).
+void attention_decode_batched(void* out, const void* q, const KvBatchRow* rows, int layer, bool int8, int T, int n,
+                              int n_kv, int d, int splits, float* partial, DT dt, cudaStream_t s);
 
 }  // namespace qwen::cuda

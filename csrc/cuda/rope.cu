@@ -51,12 +51,27 @@ __global__ void qkv_rope_append_kernel(T* __restrict__ q, void* __restrict__ kc,
                                        const float* __restrict__ qkv, const float* __restrict__ bias,
                                        const float* __restrict__ qn, const float* __restrict__ kn, float eps,
                                        const float* __restrict__ inv_freq, const int* __restrict__ pos0_dev, int n,
-                                       int n_kv, int d, int seq_length) {
+                                       int n_kv, int d, int seq_length, const KvBatchRow* __restrict__ brows,
+                                       int layer) {
   pdl_wait();
   pdl_trigger();
   const int t = blockIdx.x, d2 = d / 2, lane = threadIdx.x % 32;
   const int Q = n * d, KV = n_kv * d, W = Q + 2 * KV;
-  const int pos = *pos0_dev + t;
+  int pos;
+  if (brows) {  // batched decode: this row's own cache, position and rope table
+    const KvBatchRow& e = brows[t];
+    kc = e.k + layer * e.layer_bytes;
+    vc = e.v + layer * e.layer_bytes;
+    if constexpr (Q8) {
+      ksz = reinterpret_cast<float2*>(e.ksz + layer * e.sz_layer_bytes);
+      vsz = reinterpret_cast<float2*>(e.vsz + layer * e.sz_layer_bytes);
+    }
+    inv_freq = e.inv_freq;
+    cap = e.cap;
+    pos = e.pos;
+  } else {
+    pos = *pos0_dev + t;
+  }
   float logn = 1.0f;
   if (seq_length > 0 && pos + 1 > seq_length) logn = float(log(double(pos + 1)) / log(double(seq_length)));
   const float* row = qkv + int64_t(t) * W;
@@ -137,14 +152,14 @@ __global__ void qkv_rope_append_kernel(T* __restrict__ q, void* __restrict__ kc,
 template <bool Q8>
 void launch_rope(void* q, void* kc, void* vc, float2* ksz, float2* vsz, int cap, const float* qkv, const float* bias,
                  QkNorm norm, const float* inv_freq, const int* pos0_dev, int T, int n, int n_kv, int d,
-                 int seq_length, DT dt, cudaStream_t s) {
+                 int seq_length, DT dt, cudaStream_t s, const KvBatchRow* brows = nullptr, int layer = 0) {
   if (d < 2 || d > 256 || d % 2 != 0) throw Error("cuda: rope supports an even head_dim up to 256 (got " + std::to_string(d) + ")");
   if (n_kv < 1 || n % n_kv != 0)
     throw Error("cuda: " + std::to_string(n) + " query heads over " + std::to_string(n_kv) + " KV heads");
   QWEN_DISPATCH_DT(dt, E,
                    launch_pdl(qkv_rope_append_kernel<E, Q8>, dim3(T, ceil_div(n + 2 * n_kv, 8)), 256, 0, s,
                               static_cast<E*>(q), kc, vc, ksz, vsz, cap, qkv, bias, norm.q, norm.k, norm.eps,
-                              inv_freq, pos0_dev, n, n_kv, d, seq_length));
+                              inv_freq, pos0_dev, n, n_kv, d, seq_length, brows, layer));
   CK_LAUNCH("qkv_rope_append_kernel");
 }
 
@@ -162,6 +177,17 @@ void qkv_rope_append_int8_gqa(void* q, KvQ8 k_cache, KvQ8 v_cache, int cap, cons
                               int seq_length, DT dt, cudaStream_t s) {
   launch_rope<true>(q, k_cache.q, v_cache.q, k_cache.sz, v_cache.sz, cap, qkv, bias, norm, inv_freq, pos0_dev, T, n,
                     n_kv, d, seq_length, dt, s);
+}
+
+void qkv_rope_append_batched(void* q, const KvBatchRow* rows, int layer, bool int8, const float* qkv,
+                             const float* bias, QkNorm norm, int T, int n, int n_kv, int d, int seq_length, DT dt,
+                             cudaStream_t s) {
+  if (int8)
+    launch_rope<true>(q, nullptr, nullptr, nullptr, nullptr, 0, qkv, bias, norm, nullptr, nullptr, T, n, n_kv, d,
+                      seq_length, dt, s, rows, layer);
+  else
+    launch_rope<false>(q, nullptr, nullptr, nullptr, nullptr, 0, qkv, bias, norm, nullptr, nullptr, T, n, n_kv, d,
+                       seq_length, dt, s, rows, layer);
 }
 
 void qkv_rope_append_int8(void* q, KvQ8 k_cache, KvQ8 v_cache, int cap, const float* qkv, const float* bias,

@@ -273,7 +273,8 @@ void test_linear(DT dt, int T, int N, int K, bool bias, bool accumulate) {
   cpu::linear(ref.data(), x.f.data(), l, T, *g_pool);
   if (accumulate)
     for (size_t i = 0; i < ref.size(); i++) ref[i] += y0[i];
-  compare(std::string(T == 1 ? "linear/gemv " : "linear/gemm ") + cuda::dt_name(dt) + " T,N,K=" + sh({T, N, K}) +
+  compare(std::string(T == 1 ? "linear/gemv " : T <= cuda::kGemvBatchMax ? "linear/gemv_batched " : "linear/gemm ") +
+              cuda::dt_name(dt) + " T,N,K=" + sh({T, N, K}) +
               (bias ? " +bias" : "") + (accumulate ? " +=" : ""),
           y.get<float>(ref.size()), ref, 1e-4);
 }
@@ -544,7 +545,7 @@ void test_gptq_linear(DT dt, int T, int N, int K, int bits, int G, bool actorder
   auto y0 = rand32(int64_t(T) * N, -1, 1);
   auto dy = upload(y0);
   const size_t deq_elems = std::max(size_t(K), size_t(N) * K / 3);
-  Dev xperm(size_t(K) * 2), deq(T > 1 ? deq_elems * 2 : 16);
+  Dev xperm(size_t(std::max(T, 1)) * K * 2), deq(T > 1 ? deq_elems * 2 : 16);
   cuda::gptq_linear(dy->as<float>(), dx->p, d.L, d.bias->as<float>(), T, accumulate, xperm.p, deq.p, deq_elems, dt, S);
   std::vector<float> ref(size_t(T) * N);
   cpu::linear(ref.data(), x.f.data(), r->lin, T, *g_pool);
@@ -1175,6 +1176,112 @@ void test_forward_argmax(const std::string& tag, int H, int n, int F, int V, int
 }
 
 // Two sequences on one model, interleaved decode steps: each cache has its own graph.
+// Backend::forward_batch on the GPU (the batched decode step: gemv_batched, the KvBatchRow rope
+// and attention, one graph per batch size) against the CPU backend's forward on each sequence
+// alone. Sequences have different prompt lengths, so different positions, cache capacities and
+// (prompts past seq_length) NTK alphas; the batch shrinks as sequences finish, and a prefill
+// chunk rides along in the first steps (Engine feeds those in the same forward_batch).
+void test_batched_decode(const std::string& tag, RandomModel* m, DT dt, bool kv8, int nseq, int steps) {
+  const int V = m->cfg.vocab_size;
+  BackendOptions opt;
+  opt.kv_cache = kv8 ? KvCacheType::Int8 : KvCacheType::Float;
+  auto cpu_b = make_cpu_backend(m->cfg, m->w, opt, nullptr);
+  auto gpu_b = make_cuda_backend(m->cfg, m->w, opt, nullptr);
+  std::vector<std::unique_ptr<KvCache>> cc, gc;
+  std::vector<int> prompt(static_cast<size_t>(nseq)), life(static_cast<size_t>(nseq));
+  std::vector<float> lc(static_cast<size_t>(V)), lg(static_cast<size_t>(V) * nseq);
+  Rng rng(g_seed++);
+  for (int i = 0; i < nseq; i++) {
+    prompt[size_t(i)] = 1 + int(rng.next() % 90);
+    life[size_t(i)] = steps - int(rng.next() % (steps / 2 + 1));  // decode steps before it leaves
+    const int cap = prompt[size_t(i)] + steps + 1 + int(rng.next() % 300);
+    cc.push_back(cpu_b->new_cache(cap));
+    gc.push_back(gpu_b->new_cache(cap));
+    std::vector<int32_t> ids(static_cast<size_t>(prompt[size_t(i)]));
+    for (auto& v : ids) v = int32_t(rng.next() % uint32_t(V));
+    const double alpha = rope_ntk_alpha(prompt[size_t(i)], m->cfg.seq_length);
+    cc.back()->ntk_alpha = gc.back()->ntk_alpha = alpha;
+    cpu_b->forward(*cc.back(), ids.data(), prompt[size_t(i)], lc.data(), false);
+    gpu_b->forward(*gc.back(), ids.data(), prompt[size_t(i)], lg.data(), false);
+    cc.back()->length = gc.back()->length = prompt[size_t(i)];
+  }
+  // a late joiner: its 40-token prompt goes in the same forward_batch as the first decode steps
+  auto late_c = cpu_b->new_cache(200), late_g = gpu_b->new_cache(200);
+  std::vector<int32_t> late_ids(40);
+  for (auto& v : late_ids) v = int32_t(rng.next() % uint32_t(V));
+  late_c->ntk_alpha = late_g->ntk_alpha = 1.0;
+  std::vector<float> late_lg(static_cast<size_t>(V));
+  double worst = 0;
+  int rows_max = 0, argmax_bad = 0, argmax_n = 0;
+  for (int step = 0; step < steps; step++) {
+    std::vector<BatchItem> items;
+    std::vector<int32_t> tok(static_cast<size_t>(nseq)), got(static_cast<size_t>(nseq), -1);
+    std::vector<int> who;
+    for (int i = 0; i < nseq; i++) {
+      if (step >= life[size_t(i)]) continue;
+      tok[size_t(i)] = int32_t(rng.next() % uint32_t(V));
+      BatchItem it;
+      it.cache = gc[size_t(i)].get();
+      it.ids = &tok[size_t(i)];
+      it.n = 1;
+      it.logits = lg.data() + size_t(i) * V;
+      if (i % 3 == 1) it.token_out = &got[size_t(i)];  // greedy rows: the argmax on the device
+      items.push_back(it);
+      who.push_back(i);
+    }
+    if (step == 0) {
+      BatchItem it;
+      it.cache = late_g.get();
+      it.ids = late_ids.data();
+      it.n = 40;
+      it.logits = late_lg.data();
+      items.push_back(it);
+    }
+    rows_max = std::max(rows_max, int(who.size()));
+    gpu_b->forward_batch(items);
+    for (size_t k = 0; k < who.size(); k++) {
+      const int i = who[k];
+      cpu_b->forward(*cc[size_t(i)], &tok[size_t(i)], 1, lc.data(), false);
+      cc[size_t(i)]->length++;
+      gc[size_t(i)]->length++;
+      if (items[k].argmax) {
+        argmax_n++;
+        // The CPU's argmax, unless its top two are closer than twice the logit error the
+        // tolerance allows (then either order is within tolerance).
+        double mx = 0;
+        for (float v : lc) mx = std::max(mx, std::fabs(double(v)));
+        std::vector<float> sorted(lc);
+        const int best = int(std::max_element(lc.begin(), lc.end()) - lc.begin());
+        std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<float>());
+        if (got[size_t(i)] != best && sorted[0] - sorted[1] > 2 * (kv8 ? 4e-2 : 3e-2) * mx) argmax_bad++;
+        continue;
+      }
+      double mx = 0, e = 0;
+      for (int v = 0; v < V; v++) {
+        mx = std::max(mx, std::fabs(double(lc[size_t(v)])));
+        e = std::max(e, std::fabs(double(lg[size_t(i) * V + v]) - lc[size_t(v)]));
+      }
+      worst = std::max(worst, std::isfinite(e) ? e / mx : 1e9);
+    }
+    if (step == 0) {
+      cpu_b->forward(*late_c, late_ids.data(), 40, lc.data(), false);
+      double mx = 0, e = 0;
+      for (int v = 0; v < V; v++) {
+        mx = std::max(mx, std::fabs(double(lc[size_t(v)])));
+        e = std::max(e, std::fabs(double(late_lg[size_t(v)]) - lc[size_t(v)]));
+      }
+      worst = std::max(worst, std::isfinite(e) ? e / mx : 1e9);
+    }
+  }
+  const double tol = kv8 ? 4e-2 : 3e-2;
+  g_cases++;
+  const bool ok = worst < tol && argmax_bad == 0 && argmax_n > 0;
+  if (!ok) g_failures++;
+  std::printf("%-4s %-58s max_rel %.3e  tol %.0e  (up to %d rows, argmax %d/%d)\n", ok ? "ok" : "FAIL",
+              ("batched decode " + tag + " " + cuda::dt_name(dt) + (kv8 ? " kv8" : "")).c_str(), worst, tol, rows_max,
+              argmax_n - argmax_bad, argmax_n);
+}
+
 void test_two_caches(DT dt) {
   auto m = random_model(128, 2, 256, 1000, 2, 64, dt);
   BackendOptions opt;
@@ -1398,6 +1505,34 @@ void profile_decode(const char* tag, DT dt, int H, int n, int F, int V, int L, i
   std::printf("profile %s: step %.3f ms (%.1f tok/s) with the logits copy, %.3f ms with forward_argmax; device "
               "weights %.2f GB\n",
               tag, s * 1e3, 1.0 / s, sa * 1e3, double(mr.weights) / 1e9);
+  // Batched decode (Engine's forward_batch): B sequences at ctx ~128, greedy rows.
+  for (int B : {4, 16}) {
+    std::vector<std::unique_ptr<KvCache>> cs;
+    std::vector<int32_t> out(static_cast<size_t>(B));
+    std::vector<BatchItem> items(static_cast<size_t>(B));
+    for (int i = 0; i < B; i++) {
+      cs.push_back(b->new_cache(ctx + 64));
+      cs.back()->ntk_alpha = 1;
+      b->forward(*cs.back(), ids.data(), ctx, lg.data(), false);
+      cs.back()->length = ctx;
+      items[size_t(i)].cache = cs.back().get();
+      items[size_t(i)].ids = ids.data();
+      items[size_t(i)].n = 1;
+      items[size_t(i)].logits = lg.data();
+      items[size_t(i)].token_out = &out[size_t(i)];
+    }
+    auto bstep = [&] {
+      b->forward_batch(items);
+      for (auto& c2 : cs) c2->length++;
+    };
+    for (int i = 0; i < 3; i++) bstep();
+    const int bsteps = 30;
+    t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < bsteps; i++) bstep();
+    const double bs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / bsteps;
+    std::printf("profile %s: batched decode B=%d: step %.3f ms = %.1f tok/s (%.2fx batch 1)\n", tag, B, bs * 1e3,
+                B / bs, B / bs * sa);
+  }
   CHECK(cudaDeviceSynchronize());
   CHECK(cudaProfilerStart());
   b->forward(*c, ids.data(), 1, lg.data(), false);
@@ -1460,12 +1595,18 @@ int main(int argc, char** argv) {
                              {1, 48, 16, true, false},        {2, 4096, 4096, false, true}, {37, 12288, 4096, false, false},
                              {130, 22016, 4096, true, false}, {200, 4096, 11008, false, true}, {65, 5120, 13696, false, true},
                              {300, 2048, 5504, false, false}, {5, 151936, 4096, false, false}, {513, 1000, 128, true, false},
-                             {3, 16, 16, false, false},       {9, 48, 16, true, true},      {64, 11008, 2048, false, false}};
+                             {3, 16, 16, false, false},       {9, 48, 16, true, true},      {64, 11008, 2048, false, false},
+                             // gemv_batched (2..16 rows): 7B / 1.8B shapes, the lm_head, K % 32 != 0, N % 16 != 0
+                             {16, 4096, 4096, false, true},   {8, 12288, 4096, false, false}, {16, 151936, 4096, false, false},
+                             {12, 4096, 11008, true, true},   {7, 2048, 5504, false, false},  {16, 1000, 136, true, false},
+                             {4, 22016, 4096, false, false},  {11, 3584, 18944, false, true}, {16, 17, 8, true, true}};
       std::vector<L> quick = {{1, 1000, 128, true, false}, {1, 16, 16, false, true},   {1, 300, 5504, false, false},
-                              {3, 16, 16, false, false},   {130, 200, 136, true, true}, {33, 260, 5504, false, false}};
+                              {3, 16, 16, false, false},   {130, 200, 136, true, true}, {33, 260, 5504, false, false},
+                              {16, 40, 5504, false, true}, {2, 300, 136, true, false},  {9, 1000, 128, false, false}};
       for (const L& c : q ? quick : full) test_linear(DT::BF16, c.T, c.N, c.K, c.bias, c.acc);
       test_linear(DT::F16, 1, q ? 300 : 4096, q ? 128 : 4096, true, false);
       test_linear(DT::F16, q ? 40 : 200, q ? 300 : 4096, q ? 128 : 4096, true, true);
+      test_linear(DT::F16, 16, q ? 300 : 4096, q ? 128 : 4096, true, true);
     }
     if (want("gemv_swiglu")) {
       if (!q) {
@@ -1542,6 +1683,17 @@ int main(int argc, char** argv) {
         test_gptq_linear(c.dt, c.T, c.N, c.K, c.bits, c.G, c.act, c.acc, 0);
         if (c.bits == 4 && c.dt == DT::F16) test_gptq_linear(c.dt, c.T, c.N, c.K, c.bits, c.G, c.act, c.acc, 1);
       }
+      // Batched decode rows (2..16): int4 v2 -> gptq_batched (7B shapes, act-order g32/g64, K % 128
+      // != 0, N % 16 != 0); int8 / layout 0 -> the GEMV per row (<= 4 rows) or dequantize + GEMM.
+      for (int T : {2, 7, 9, 16}) {
+        test_gptq_linear(DT::F16, T, q ? 256 : 12288, q ? 512 : 4096, 4, 128, false, T % 2 == 0, 1);
+        test_gptq_linear(DT::F16, T, q ? 128 : 4096, q ? 1024 : 11008, 4, 64, true, true, 1);
+        test_gptq_linear(DT::F16, T, 24, 96, 4, 32, true, false, 1);
+        test_gptq_linear(DT::F16, T, q ? 40 : 5504, q ? 160 : 2048, 4, 32, true, false, 1);
+      }
+      test_gptq_linear(DT::F16, 3, q ? 256 : 4096, q ? 512 : 4096, 8, 128, false, true, 0);
+      test_gptq_linear(DT::F16, 4, q ? 256 : 4096, q ? 512 : 11008, 4, 64, true, false, 0);
+      test_gptq_linear(DT::F16, 6, q ? 256 : 4096, q ? 512 : 4096, 8, 64, true, false, 0);
       // v2 at the 7B decode shapes and odd ones (N % 8 == 0, K % 32 == 0; K not a multiple of 32 * 128).
       test_gptq_linear(DT::F16, 1, 4096, 4096, 4, 128, false, false, 1);
       test_gptq_linear(DT::F16, 1, 22016, 4096, 4, 128, false, true, 1);
@@ -1709,6 +1861,28 @@ int main(int argc, char** argv) {
         test_model("tiny [separate workspace regions]", 128, 2, 256, 1000, 2, 64, 70, 3, true, DT::BF16);
       });
       test_two_caches(DT::BF16);
+      {  // batched decode (Engine's forward_batch): 20 sequences = a step of 16 rows and one of 4
+        auto m = random_model(128, 2, 256, 1000, 2, 64, DT::BF16);
+        test_batched_decode("tiny", m.get(), DT::BF16, false, 20, 10);
+        test_batched_decode("tiny", m.get(), DT::BF16, true, 7, 8);
+        auto mf = random_model(128, 2, 256, 1000, 2, 64, DT::F16);
+        test_batched_decode("tiny", mf.get(), DT::F16, false, 5, 6);
+        auto m3 = random_qwen2_model(true, 256, 8, 2, 32, 512, 1000, 2, DT::BF16, false);
+        test_batched_decode("qwen3 gqa 8/2", m3.get(), DT::BF16, false, 9, 6);
+        test_batched_decode("qwen3 gqa 8/2", m3.get(), DT::BF16, true, 3, 6);
+        auto mq = random_model(128, 2, 256, 1000, 2, 64, DT::F16, 4, 64, true);
+        test_batched_decode("tiny gptq int4 g64 act-order", mq.get(), DT::F16, false, 6, 5);
+        auto m8 = random_model(128, 2, 256, 1000, 2, 64, DT::F16, 8, 64, false);
+        test_batched_decode("tiny gptq int8 g64", m8.get(), DT::F16, false, 7, 5);  // GEMV per row, then deq + GEMM
+        if (!q) {
+          auto m7q = random_model(4096, 32, 11008, 151936, 2, 8192, DT::F16, 4, 128, false);
+          test_batched_decode("7B-shaped gptq int4 g128 (2 layers)", m7q.get(), DT::F16, false, 16, 3);
+        }
+        if (!q) {
+          auto m7 = random_model(4096, 32, 11008, 151936, 2, 8192, DT::BF16);
+          test_batched_decode("7B-shaped (2 layers)", m7.get(), DT::BF16, false, 16, 3);
+        }
+      }
       test_errors();
       test_f16_converter();
       test_graph_vs_eager(DT::BF16);

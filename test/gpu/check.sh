@@ -9,13 +9,7 @@ set -u
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/qwen-check}
 mkdir -p "$OUT"
-python3 -c "import lzma,shutil;shutil.copyfileobj(lzma.open('.carry/node.xz'),open('/tmp/node','wb'))" && chmod +x /tmp/node
-export PATH=/tmp:$PATH
-[ -d .carry/fixtures ] || tar xJf .carry/fixtures.tar.xz -C .carry
-rm -rf dist && cp -r .carry/dist dist
-ln -sfn .carry/node_modules node_modules
-mkdir -p build/Release && cp .carry/qwen_native.node build/Release/qwen_native.node
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+. test/gpu/setup.sh
 if [ "${CHECK_KERNELS:-1}" = 1 ]; then
   timeout 300 .carry/qwen_cuda_tests --no-timing > "$OUT/kernel-tests.log" 2>&1
   echo "kernel tests rc=$?: $(tail -1 "$OUT/kernel-tests.log")"
@@ -23,7 +17,7 @@ if [ "${CHECK_KERNELS:-1}" = 1 ]; then
 fi
 .carry/qwen_cuda_tests --filter profile 2>&1 | grep -E "^profile|FAIL|rror"
 QWEN_CUDA_PDL=0 .carry/qwen_cuda_tests --filter profile 2>&1 | grep -E "^profile|FAIL|rror" | sed 's/^/[PDL off] /'
-SUITES=${CHECK_NODE_SUITES:-"test/fixtures.test.mjs test/quantized.test.mjs test/sampling.test.mjs test/qwen2.test.mjs test/batching.test.mjs"}
+SUITES=${CHECK_NODE_SUITES:-"test/fixtures.test.mjs test/quantized.test.mjs test/sampling.test.mjs test/qwen2.test.mjs test/batching.test.mjs test/logprobs.test.mjs"}
 QWEN_FIXTURES=$PWD/.carry/fixtures QWEN_DEVICE=cuda timeout 240 node --test $SUITES > "$OUT/node-cuda.log" 2>&1
 echo "node suites on cuda rc=$?"
 grep -E "^# (tests|pass|fail|skip)|^not ok" "$OUT/node-cuda.log" | head -30

@@ -13,6 +13,9 @@ cp -r node_modules/node-gyp-build .carry/node_modules/
 cp node_modules/tiktoken/package.json .carry/node_modules/tiktoken/
 cp -r node_modules/tiktoken/lite .carry/node_modules/tiktoken/
 cp -r dist .carry/dist
+# the openai client (the server and logprobs suites use it), without its types and maps: ~150 KB
+tar cf - -C node_modules --exclude='*.map' --exclude='*.d.ts' --exclude='*.d.mts' --exclude='*.d.cts' \
+  --exclude='src' --exclude='*.md' openai | xz -T2 -6 > .carry/openai.tar.xz
 # cp -L: the fixtures hold symbolic links (chat-tiny-bf16/qwen.tiktoken, the kvcache model)
 for f in tiny-fp32 tiny-bf16 tiny-fp16 chat-tiny-bf16 tokenizer tiny-gptq-int4 tiny-gptq-int4-actorder tiny-gptq-int8 tiny-fp32-kvcache-int8; do
   cp -rL "$shared/fixtures/$f" .carry/fixtures/ 2>/dev/null || cp -r "$shared/fixtures/$f" .carry/fixtures/
