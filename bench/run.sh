@@ -30,6 +30,7 @@
 # BENCH_SERVE_SHAPES (none: shapes whose serving throughput bench/concurrent.mjs and
 # bench/hf_batched.py measure at BENCH_CONCURRENCY (1,4,16,64) concurrent requests of
 # BENCH_SERVE_PROMPT (128) prompt ids and BENCH_SERVE_TOKENS (64) new tokens),
+# BENCH_KEEP_CKPT (1; 0 removes each checkpoint no later step needs once it was measured),
 # BENCH_DEVICE (cuda; cpu only to check this script without a GPU), BENCH_MEMORY (1: the 7b-int4 /
 # 7b peak-memory runs, where their checkpoints are in BENCH_CKPT; 0: none).
 set -u -o pipefail
@@ -97,6 +98,15 @@ run_step() {
   return "$rc"
 }
 
+# drop_ckpt SHAPE: with BENCH_KEEP_CKPT=0, removes the shape's checkpoint once its qwen-native
+# step is done, unless a later step reads it (the memory runs: 7b, 7b-int4; the serving shapes),
+# so a run over many 7B shapes fits a /dev/shm of ~64 GB.
+drop_ckpt() {
+  [ "${BENCH_KEEP_CKPT:-1}" = 0 ] || return 0
+  case " 7b 7b-int4 ${BENCH_SERVE_SHAPES:-} " in *" $1 "*) return 0 ;; esac
+  rm -rf "${BENCH_CKPT:?}/$1" && say "removed the $1 checkpoint (BENCH_KEEP_CKPT=0)"
+}
+
 # ---- node: the GPU machine has none; ours travels as .carry/node.xz
 NODE=$(command -v node || true)
 if [ -z "$NODE" ]; then
@@ -122,6 +132,7 @@ for shape in $SHAPES; do
   if run_step "checkpoint-$shape" checkpoint "$shape" 150 "$PY" bench/make_checkpoint.py --shape "$shape" --out "$BENCH_CKPT/$shape" --skip-if-present; then
     if [ -n "$NODE" ]; then
       run_step "qwen-native-$shape" qwen-native "$shape" 180 "$NODE" bench/qwen_native.mjs --model "$BENCH_CKPT/$shape" --label "$shape" --device "$DEVICE" --ctx "$CTX" --steps "$STEPS"
+      drop_ckpt "$shape"
     else
       error_line qwen-native "$shape" "no node on the GPU machine (carry .carry/node.xz)"
     fi
@@ -135,6 +146,7 @@ done
 for shape in $QSHAPES; do
   if run_step "checkpoint-$shape" checkpoint "$shape" 120 "$PY" bench/make_checkpoint.py --shape "$shape" --out "$BENCH_CKPT/$shape" --skip-if-present && [ -n "$NODE" ]; then
     run_step "qwen-native-$shape" qwen-native "$shape" 120 "$NODE" bench/qwen_native.mjs --model "$BENCH_CKPT/$shape" --label "$shape" --device "$DEVICE" --ctx 128 --steps "$STEPS" --prefill 2048
+    drop_ckpt "$shape"
   fi
 done
 if [ -n "$NODE" ] && [ "$DEVICE" = cuda ] && [ "${BENCH_MEMORY:-1}" = 1 ]; then

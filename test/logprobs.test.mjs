@@ -16,18 +16,35 @@ const TOL = device === 'cpu' ? 1e-9 : 1e-3;
 const PROMPT = [20, 423, 222, 203, 480, 475, 22, 962, 327, 431];
 const utf8 = new TextDecoder('utf-8', { ignoreBOM: true });
 
-// A batch's item equals the item alone: bit for bit on the CPU; on CUDA the batched step's
-// tensor-core products (all rows at once) sum in another order than the one-sequence GEMV, so
-// there the numbers agree within TOL (the tokens still must be the same).
-const BATCH_TOL = device === 'cpu' ? 0 : TOL;
+// A batch's item equals the item alone: bit for bit on the CPU. On CUDA the batched step's
+// tensor-core products (all rows at once) sum in another order than the one-sequence GEMV, and
+// the bf16 activations round differently from then on (measured: 2.1e-3 after 27 tokens of
+// tiny-fp32); there the numbers must agree within the bound this file holds CUDA's logprobs to
+// against the original's logits (5e-2), and the tokens must still be the same.
+const BATCH_TOL = device === 'cpu' ? 0 : 5e-2;
 
-/** deepEqual, except that numbers may differ by tol. */
-function assertClose(actual, expected, tol, what) {
-  if (typeof actual === 'number' && typeof expected === 'number') {
+/** The values of a list of alternatives, best first: [{logprob, ...}] or {text: logprob}. */
+function rankedValues(alts) {
+  const v = Array.isArray(alts) ? alts.map((e) => e.logprob) : Object.values(alts);
+  return v.sort((a, b) => b - a);
+}
+
+/**
+ * deepEqual, except that numbers may differ by tol; with tol > 0, lists of alternatives (`top`,
+ * `top_logprobs`) compare by their ranked values, since near-equal alternatives may trade places
+ * (the k-th largest value moves by at most the largest change of any value).
+ */
+function assertClose(actual, expected, tol, what, key = '') {
+  if (tol > 0 && (key === 'top' || key === 'top_logprobs') && actual && expected && typeof actual === 'object') {
+    const lists = Array.isArray(expected) && expected.every((e) => e && typeof e === 'object' && !('logprob' in e));
+    const pairs = lists ? expected.map((e, i) => [actual[i], e]) : [[actual, expected]];  // completions: one map per token
+    assert.equal(Array.isArray(actual) && actual.length, Array.isArray(expected) && expected.length, `${what}: length`);
+    for (const [a, e] of pairs) assertClose(rankedValues(a), rankedValues(e), tol, `${what} (ranked)`);
+  } else if (typeof actual === 'number' && typeof expected === 'number') {
     assert.ok(Math.abs(actual - expected) <= tol || actual === expected, `${what}: ${actual} vs ${expected}`);
   } else if (actual !== null && expected !== null && typeof actual === 'object' && typeof expected === 'object') {
     assert.deepEqual(Object.keys(actual), Object.keys(expected), `${what}: keys`);
-    for (const k of Object.keys(expected)) assertClose(actual[k], expected[k], tol, `${what}.${k}`);
+    for (const k of Object.keys(expected)) assertClose(actual[k], expected[k], tol, `${what}.${k}`, k);
   } else {
     assert.deepEqual(actual, expected, what);
   }

@@ -288,8 +288,11 @@ void launch_decode(void* out, const void* q, const void* k, const float2* ksz, c
     else
       launch_split<E, Q8, 8>(o, partial, qq, Kr, Vr, cap, pos0_dev, T, n, n_kv, gc, d, splits, kmin, scale, s, brows, layer);
     if (splits > 1) {
-      launch_pdl(attn_combine_kernel<E>, dim3(n, T), kThreads, size_t(splits) * sizeof(float), s, o, partial,
-                 pos0_dev, n, d, splits, kmin, brows);
+      // wgt[splits], padded: the unrolled weighted sum may load up to 3 entries past `active`
+      // (compute-sanitizer saw a 12-byte read past an 8-byte allocation with splits = 2).
+      const size_t wbytes = size_t(splits + 4) * sizeof(float);
+      launch_pdl(attn_combine_kernel<E>, dim3(n, T), kThreads, wbytes, s, o, partial, pos0_dev, n, d, splits, kmin,
+                 brows);
       CK_LAUNCH("attn_combine_kernel");
     }
   });

@@ -231,28 +231,108 @@ class CudaBackend : public Backend {
   }
 
   // Continuous batching (Engine): the items that feed one token run as one batched decode step
-  // (every weight read once for all of them, gemv_batched), in groups of at most
-  // kGemvBatchMax; prompt chunks (n > 1) and a lone item run through run() one by one.
+  // (every weight read once for all of them: gemv_batched / gptq_batched), in groups of at most
+  // kGemvBatchMax; prompt chunks of several sequences share prefill passes (up to kChunk rows and
+  // kGemvBatchMax sequences: one matrix product for all their rows, attention per sequence). A
+  // lone item, or a chunk longer than kChunk, runs through run().
   void forward_batch(std::vector<BatchItem>& items) override {
-    std::vector<BatchItem*> dec;
-    for (BatchItem& it : items) {
-      if (it.n == 1 && items.size() > 1) {
-        dec.push_back(&it);
-        continue;
-      }
+    std::vector<BatchItem*> dec, pre;
+    auto alone = [&](BatchItem& it) {
       it.argmax = it.token_out && device_argmax_;
       run(*it.cache, it.ids, it.n, it.argmax ? nullptr : it.logits, false, it.argmax ? it.token_out : nullptr);
+    };
+    for (BatchItem& it : items) {
+      if (items.size() > 1 && it.n == 1)
+        dec.push_back(&it);
+      else if (items.size() > 1 && it.n > 1 && it.n <= kChunk)
+        pre.push_back(&it);
+      else
+        alone(it);
+    }
+    for (size_t i = 0; i < pre.size();) {
+      size_t e = i;
+      int rows = 0;
+      while (e < pre.size() && e - i < size_t(cuda::kGemvBatchMax) && rows + pre[e]->n <= kChunk) rows += pre[e++]->n;
+      if (e - i == 1)
+        alone(*pre[i]);
+      else
+        prefill_batch(pre.data() + i, int(e - i));
+      i = e;
     }
     for (size_t i = 0; i < dec.size(); i += cuda::kGemvBatchMax) {
       const size_t e = std::min(dec.size(), i + cuda::kGemvBatchMax);
-      if (e - i == 1) {
-        BatchItem& it = *dec[i];
-        it.argmax = it.token_out && device_argmax_;
-        run(*it.cache, it.ids, 1, it.argmax ? nullptr : it.logits, false, it.argmax ? it.token_out : nullptr);
-      } else {
+      if (e - i == 1)
+        alone(*dec[i]);
+      else
         decode_batch(dec.data() + i, int(e - i));
-      }
     }
+  }
+
+  // The engine feeds longer prompts in passes of kChunk tokens, so that the other sequences'
+  // decoding goes on between them.
+  int prefill_chunk() const override { return kChunk; }
+
+  // The cache of a batch item, checked: made by this model, room for n more positions, not the
+  // cache of an earlier item of the same pass.
+  CudaCache* batch_cache(BatchItem* const* items, int b) {
+    BatchItem& it = *items[b];
+    CudaCache* c = dynamic_cast<CudaCache*>(it.cache);
+    if (!c || c->owner != this) throw Error("cuda: this KV cache was not made by this model");
+    if (it.n < 1 || c->length + it.n > c->capacity) throw Error("cuda: forward past the KV cache's capacity");
+    for (int o = 0; o < b; o++)
+      if (items[o]->cache == it.cache) throw Error("cuda: a batched pass got the same KV cache twice");
+    upload_rope_table(*c);
+    return c;
+  }
+
+  // After a batched pass left row b's logits in logits_ and their argmax in bdev_->argmax: the
+  // argmax (greedy items) or the logits go to each item; waits for the stream.
+  void finish_rows(BatchItem* const* items, int B) {
+    const int V = cfg_.vocab_size;
+    bool any_argmax = false;
+    for (int b = 0; b < B; b++) {
+      BatchItem& it = *items[b];
+      it.argmax = it.token_out && device_argmax_;
+      any_argmax |= it.argmax;
+      if (!it.argmax)
+        CK(cudaMemcpyAsync(it.logits, logits_ + size_t(b) * V, size_t(V) * 4, cudaMemcpyDeviceToHost, stream_));
+    }
+    if (any_argmax)
+      CK(cudaMemcpyAsync(bstage_->argmax, bdev_->argmax, sizeof(int32_t) * size_t(B), cudaMemcpyDeviceToHost, stream_));
+    CK(cudaStreamSynchronize(stream_));
+    for (int b = 0; b < B; b++)
+      if (items[b]->argmax) *items[b]->token_out = bstage_->argmax[b];
+  }
+
+  // One prefill pass over the prompt chunks of S (2..kGemvBatchMax) sequences, kChunk rows at
+  // most: their rows are concatenated for every matrix product (one weight read, a fuller GEMM
+  // than S small ones); rope/append and attention run per sequence over its own cache. Eager.
+  void prefill_batch(BatchItem* const* items, int S) {
+    std::lock_guard<std::mutex> lock(mu_);
+    CK(cudaSetDevice(dev_));
+    ensure_batch_region();
+    std::vector<Seg> segs(static_cast<size_t>(S));
+    int rows = 0;
+    for (int b = 0; b < S; b++) {
+      CudaCache* c = batch_cache(items, b);
+      const BatchItem& it = *items[b];
+      segs[size_t(b)] = Seg{c, rows, it.n, c->length, &bdev_->rows[b].pos};
+      bstage_->rows[b].pos = c->length;
+      std::memcpy(pinned_ + rows, it.ids, size_t(it.n) * 4);
+      rows += it.n;
+    }
+    CK(cudaMemcpyAsync(step_, pinned_, size_t(rows) * 4, cudaMemcpyHostToDevice, stream_));
+    CK(cudaMemcpyAsync(bdev_, bstage_, sizeof(BatchStage), cudaMemcpyHostToDevice, stream_));
+    run_layers(rows, segs.data(), S);
+    const int H = cfg_.hidden_size;
+    for (int b = 0; b < S; b++) {  // each sequence's last row, normed, as row b of h_
+      const Seg& sg = segs[size_t(b)];
+      cuda::rmsnorm(static_cast<char*>(h_) + size_t(b) * H * 2, x_ + size_t(sg.r0 + sg.n - 1) * H, lnf_, 1, H,
+                    cfg_.rms_eps, dt_, stream_);
+    }
+    cuda::linear(logits_, h_, lm_head_.w, lm_head_.b, S, cfg_.vocab_size, H, false, dt_, stream_);
+    cuda::argmax(bdev_->argmax, logits_, cfg_.vocab_size, stream_, S);
+    finish_rows(items, S);
   }
 
   // One decode step of B (2..kGemvBatchMax) sequences: row b is items[b]'s token at its cache's
@@ -263,15 +343,9 @@ class CudaBackend : public Backend {
     CK(cudaSetDevice(dev_));
     ensure_batch_region();
     for (int b = 0; b < B; b++) {
-      BatchItem& it = *items[b];
-      CudaCache* c = dynamic_cast<CudaCache*>(it.cache);
-      if (!c || c->owner != this) throw Error("cuda: this KV cache was not made by this model");
-      if (c->length + 1 > c->capacity) throw Error("cuda: forward past the KV cache's capacity");
-      for (int o = 0; o < b; o++)
-        if (items[o]->cache == it.cache) throw Error("cuda: a batched step got the same KV cache twice");
-      upload_rope_table(*c);
+      CudaCache* c = batch_cache(items, b);
       BatchStage& st = *bstage_;
-      st.ids[b] = it.ids[0];
+      st.ids[b] = items[b]->ids[0];
       cuda::KvBatchRow& r = st.rows[b];
       r.k = c->k;
       r.v = c->v;
@@ -291,24 +365,11 @@ class CudaBackend : public Backend {
       if (!ge) ge = capture([&] { decode_batch_kernels(B); }, "cudaGraphInstantiate (batched decode step)");
       CK(cudaGraphLaunch(ge, stream_));
     }
-    const int V = cfg_.vocab_size;
-    bool any_argmax = false;
-    for (int b = 0; b < B; b++) {
-      BatchItem& it = *items[b];
-      it.argmax = it.token_out && device_argmax_;
-      any_argmax |= it.argmax;
-      if (!it.argmax)
-        CK(cudaMemcpyAsync(it.logits, logits_ + size_t(b) * V, size_t(V) * 4, cudaMemcpyDeviceToHost, stream_));
-    }
-    if (any_argmax)
-      CK(cudaMemcpyAsync(bstage_->argmax, bdev_->argmax, sizeof(int32_t) * size_t(B), cudaMemcpyDeviceToHost, stream_));
-    CK(cudaStreamSynchronize(stream_));
-    for (int b = 0; b < B; b++)
-      if (items[b]->argmax) *items[b]->token_out = bstage_->argmax[b];
+    finish_rows(items, B);
   }
 
   void decode_batch_kernels(int B) {
-    run_layers(nullptr, B, 0, bdev_->rows, bdev_->ids);
+    run_layers(B, nullptr, 0, bdev_->rows, bdev_->ids);
     cuda::rmsnorm(h_, x_, lnf_, B, cfg_.hidden_size, cfg_.rms_eps, dt_, stream_);
     cuda::linear(logits_, h_, lm_head_.w, lm_head_.b, B, cfg_.vocab_size, cfg_.hidden_size, false, dt_, stream_);
     cuda::argmax(bdev_->argmax, logits_, cfg_.vocab_size, stream_, B);
@@ -380,7 +441,8 @@ class CudaBackend : public Backend {
       std::memcpy(pinned_, ids + start, size_t(rows) * 4);
       pinned_[kChunk] = pos0 + start;
       CK(cudaMemcpyAsync(step_, pinned_, (kChunk + 1) * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
-      run_layers(c, rows, pos0 + start);
+      const Seg sg{c, 0, rows, pos0 + start, step_ + kChunk};
+      run_layers(rows, &sg, 1);
       if (all_logits && !token) {
         for (int r0 = 0; r0 < rows; r0 += kLmRows) {
           const int nr = std::min(kLmRows, rows - r0);
@@ -856,14 +918,22 @@ class CudaBackend : public Backend {
     c.alpha_uploaded = c.ntk_alpha;
   }
 
-  // The layers for `rows` tokens of cache c whose ids and position are already in step_ (device);
-  // or, batched decode (brows != null, c null), one token per row, each of its own cache, with
-  // the ids at bids (device).
-  void run_layers(CudaCache* cp, int rows, int pos0, const cuda::KvBatchRow* brows = nullptr,
+  // A run of rows of one sequence in a pass: rows r0..r0+n-1 go to positions pos0.. of cache c
+  // (pos_dev: pos0 in device memory, read by the kernels a graph replays).
+  struct Seg {
+    CudaCache* c;
+    int r0, n, pos0;
+    const int* pos_dev;
+  };
+
+  // The layers for `rows` tokens whose ids are in step_ (device): segs[0..nseg) say which rows
+  // belong to which sequence (one segment for a plain forward; several for a batched prefill, whose
+  // matrix products take all rows at once). Batched decode: brows != null (nseg 0), one token
+  // per row, each of its own cache, with the ids at bids (device).
+  void run_layers(int rows, const Seg* segs, int nseg, const cuda::KvBatchRow* brows = nullptr,
                   const int32_t* bids = nullptr) {
     const int H = cfg_.hidden_size, n = cfg_.num_heads, nkv = cfg_.num_kv_heads, d = cfg_.head_dim, F = cfg_.ffn_size,
-              cap = cp ? cp->capacity : 0, Q = cfg_.q_size(), QKV = Q + 2 * cfg_.kv_size();
-    const int* pos_dev = step_ + kChunk;
+              Q = cfg_.q_size(), QKV = Q + 2 * cfg_.kv_size();
     const int logn_len = cfg_.use_logn_attn ? cfg_.seq_length : 0;
     cudaStream_t s = stream_;
     auto lin = [&](float* y, const void* x, const DevLinear& W, const float* b, bool acc) {
@@ -890,29 +960,36 @@ class CudaBackend : public Backend {
       if (brows) {
         cuda::qkv_rope_append_batched(q_, brows, l, int8_kv_, qkv_, L.c_attn.b, nm, rows, n, nkv, d, logn_len, dt_, s);
         cuda::attention_decode_batched(att_, q_, brows, l, int8_kv_, rows, n, nkv, d, kMaxSplits, bpartial_, dt_, s);
-      } else if (cp->int8) {
-        CudaCache& c = *cp;
-        cuda::qkv_rope_append_int8_gqa(q_, c.kq(l), c.vq(l), cap, qkv_, L.c_attn.b, nm, c.inv_freq, pos_dev, rows, n,
-                                       nkv, d, logn_len, dt_, s);
-        if (rows == 1)
-          cuda::attention_decode_int8(att_, q_, c.kq(l), c.vq(l), cap, pos_dev, 1, n, nkv, d, c.splits, c.partial, dt_,
-                                      s);
-        else if (cuda::attention_prefill_supported(d))
-          cuda::attention_prefill_int8(att_, q_, c.kq(l), c.vq(l), cap, pos0, rows, n, nkv, d, dt_, s);
-        else
-          cuda::attention_decode_int8(att_, q_, c.kq(l), c.vq(l), cap, pos_dev, rows, n, nkv, d, 1, nullptr, dt_, s);
-      } else {
-        CudaCache& c = *cp;
-        void* kl = c.k_layer(l);
-        void* vl = c.v_layer(l);
-        cuda::qkv_rope_append_gqa(q_, kl, vl, cap, qkv_, L.c_attn.b, nm, c.inv_freq, pos_dev, rows, n, nkv, d, logn_len,
-                                  dt_, s);
-        if (rows == 1)
-          cuda::attention_decode(att_, q_, kl, vl, cap, pos_dev, 1, n, nkv, d, c.splits, c.partial, dt_, s);
-        else if (cuda::attention_prefill_supported(d))
-          cuda::attention_prefill(att_, q_, kl, vl, cap, pos0, rows, n, nkv, d, dt_, s);
-        else
-          cuda::attention_decode(att_, q_, kl, vl, cap, pos_dev, rows, n, nkv, d, 1, nullptr, dt_, s);
+      }
+      for (int si = 0; si < nseg; si++) {  // each sequence's rows over its own cache
+        const Seg& sg = segs[si];
+        CudaCache& c = *sg.c;
+        const int cap = c.capacity, T = sg.n;
+        void* q = static_cast<char*>(q_) + size_t(sg.r0) * Q * 2;  // 16-bit rows
+        void* att = static_cast<char*>(att_) + size_t(sg.r0) * Q * 2;
+        const float* qkv = qkv_ + size_t(sg.r0) * QKV;
+        if (c.int8) {
+          cuda::qkv_rope_append_int8_gqa(q, c.kq(l), c.vq(l), cap, qkv, L.c_attn.b, nm, c.inv_freq, sg.pos_dev, T, n,
+                                         nkv, d, logn_len, dt_, s);
+          if (T == 1)
+            cuda::attention_decode_int8(att, q, c.kq(l), c.vq(l), cap, sg.pos_dev, 1, n, nkv, d, c.splits, c.partial,
+                                        dt_, s);
+          else if (cuda::attention_prefill_supported(d))
+            cuda::attention_prefill_int8(att, q, c.kq(l), c.vq(l), cap, sg.pos0, T, n, nkv, d, dt_, s);
+          else
+            cuda::attention_decode_int8(att, q, c.kq(l), c.vq(l), cap, sg.pos_dev, T, n, nkv, d, 1, nullptr, dt_, s);
+        } else {
+          void* kl = c.k_layer(l);
+          void* vl = c.v_layer(l);
+          cuda::qkv_rope_append_gqa(q, kl, vl, cap, qkv, L.c_attn.b, nm, c.inv_freq, sg.pos_dev, T, n, nkv, d, logn_len,
+                                    dt_, s);
+          if (T == 1)
+            cuda::attention_decode(att, q, kl, vl, cap, sg.pos_dev, 1, n, nkv, d, c.splits, c.partial, dt_, s);
+          else if (cuda::attention_prefill_supported(d))
+            cuda::attention_prefill(att, q, kl, vl, cap, sg.pos0, T, n, nkv, d, dt_, s);
+          else
+            cuda::attention_decode(att, q, kl, vl, cap, sg.pos_dev, T, n, nkv, d, 1, nullptr, dt_, s);
+        }
       }
       lin(x_, att_, L.attn_proj, L.attn_proj.b, true);
       cuda::rmsnorm(h_, x_, L.ln2, rows, H, cfg_.rms_eps, dt_, s);
@@ -948,7 +1025,8 @@ class CudaBackend : public Backend {
   }
 
   void decode_kernels(CudaCache& c, int pos0) {
-    run_layers(&c, 1, pos0);
+    const Seg sg{&c, 0, 1, pos0, step_ + kChunk};
+    run_layers(1, &sg, 1);
     cuda::rmsnorm(h_, x_, lnf_, 1, cfg_.hidden_size, cfg_.rms_eps, dt_, stream_);
     cuda::gemv(logits_, h_, lm_head_.w, lm_head_.b, cfg_.vocab_size, cfg_.hidden_size, false, dt_, stream_);
   }
@@ -1006,8 +1084,9 @@ class CudaBackend : public Backend {
   void* wte_pinned_ = nullptr;      // cudaHostAlloc'ed copy
   size_t wte_host_bytes_ = 0;
   bool int8_kv_ = false;
-  // Batched decode (decode_batch): ids, the per-row cache table and the argmax results, staged in
-  // pinned host memory and copied to bdev_ before each step; attention partials for B rows.
+  // Batched passes (decode_batch, prefill_batch): ids, the per-row cache table (prefill: only the
+  // positions) and the argmax results, staged in pinned host memory and copied to bdev_ before
+  // each pass; attention partials for B decode rows.
   struct BatchStage {
     int32_t ids[cuda::kGemvBatchMax];
     int32_t argmax[cuda::kGemvBatchMax];
