@@ -375,6 +375,12 @@ def serving_section(res):
          "| shape | concurrent | qwen-native tok/s | x its 1-request rate | inter-token ms | first token ms | HF batched generate tok/s | ours / HF |",
          "|---|---|---|---|---|---|---|---|"]
     notes = []
+
+    def note(msg):  # footnote number of msg, one footnote per distinct message
+        if msg not in notes:
+            notes.append(msg)
+        return notes.index(msg) + 1
+
     for shape in dict.fromkeys(r.get("shape") for r in ours):
         rows = sorted((r for r in ours if r.get("shape") == shape), key=lambda r: r.get("concurrency") or 0)
         one = next((r.get("value") for r in rows if r.get("concurrency") == 1 and r.get("value")), None)
@@ -382,15 +388,14 @@ def serving_section(res):
             c, v = r.get("concurrency"), r.get("value")
             h = hf.get((shape, c))
             if h and h.get("error"):
-                notes.append(h["error"])
-                hcell = f"not measured [{len(notes)}]" if h["error"].startswith("not measured") else f"error [{len(notes)}]"
+                k = note(h["error"])
+                hcell = f"not measured [{k}]" if h["error"].startswith("not measured") else f"error [{k}]"
                 hv = None
             else:
                 hv = h.get("value") if h else None
                 hcell = fmt_num(hv) if hv else ""
             if v is None:
-                notes.append(r.get("error", "no result"))
-                L.append(f"| {label(shape) if shape in SHAPES else shape} | {c} | error [{len(notes)}] | | | | {hcell} | |")
+                L.append(f"| {label(shape) if shape in SHAPES else shape} | {c} | error [{note(r.get('error', 'no result'))}] | | | | {hcell} | |")
                 continue
             L.append(f"| {label(shape) if shape in SHAPES else shape} | {c} | {fmt_num(v)} | {f'{v / one:.2f}x' if one else ''} | "
                      f"{fmt_num(r.get('itl_ms'))} | {fmt_num(r.get('ttft_ms'))} | {hcell} | {f'{v / hv:.2f}x' if hv else ''} |")
