@@ -558,7 +558,7 @@ class CudaBackend : public Backend {
       q.N = lin.out;
       q.bits = lin.bits;
       q.ngroups = h.ngroups;
-      q.layout = cuda::gptq_layout_for(lin.bits, dt_);
+      q.layout = cuda::gptq_layout_for(lin.bits, dt_, lin.out);
       q.qweight = &lin.qweight;
       q.qw = off;
       off = align256(off + size_t(lin.in) * lin.out * lin.bits / 8);

@@ -114,12 +114,14 @@ struct GptqDev {
   const int32_t* perm = nullptr;   // [K] or null
   int K = 0, N = 0, bits = 0, ngroups = 0;
   // Packing inside each 32-bit word of qw: 0 = rows in order (nibble/byte e = row e; the v1
-  // GEMV); 1 = int4 interleaved for the v2 GEMV (nibble positions 7..0 hold rows 7 5 3 1 6 4 2 0).
+  // GEMV); 1 = int4 interleaved for the v2 GEMV (nibble positions 7..0 hold rows 7 5 3 1 6 4 2 0);
+  // 2 = int8 interleaved for the v2 GEMV (bytes 0..3 hold rows 0 2 1 3).
   int layout = 0;
 };
-// The layout the backend repacks an int4/int8 layer into for activations of type dt: 1 (v2 GEMV)
-// for int4 + fp16 unless the environment sets QWEN_GPTQ_GEMV=v1; 0 otherwise (int8, bf16).
-int gptq_layout_for(int bits, DT dt);
+// The layout the backend repacks an int4/int8 layer of N columns into for activations of type dt:
+// with fp16, 1 (int4) or 2 (int8, N % 8 == 0) for the v2 GEMV, unless the environment sets
+// QWEN_GPTQ_GEMV=v1; 0 otherwise (bf16).
+int gptq_layout_for(int bits, DT dt, int N);
 // Host side of the repack: permutation (empty = identity), chunk groups, metadata. Throws
 // qwen::Error naming the linear on what the GPU layout cannot hold (bits other than 4/8, K not a
 // multiple of CH, act-order groups that do not fill whole chunks after sorting, bad tensors).

@@ -551,8 +551,8 @@ void test_gptq_linear(DT dt, int T, int N, int K, int bits, int G, bool actorder
   cpu::linear(ref.data(), x.f.data(), r->lin, T, *g_pool);
   if (accumulate)
     for (size_t i = 0; i < ref.size(); i++) ref[i] += y0[i];
-  const double tol = T == 1 ? (layout == 1 ? 2e-3 : 1e-4) : (dt == DT::BF16 ? 8e-3 : 2e-3);
-  compare(std::string("gptq_linear ") + (layout == 1 ? "v2 " : "") + cuda::dt_name(dt) + " int" + std::to_string(bits) + " g" +
+  const double tol = T == 1 ? (layout != 0 ? 2e-3 : 1e-4) : (dt == DT::BF16 ? 8e-3 : 2e-3);
+  compare(std::string("gptq_linear ") + (layout != 0 ? "v2 " : "") + cuda::dt_name(dt) + " int" + std::to_string(bits) + " g" +
               std::to_string(G) + (actorder ? " act-order" : "") + " T,N,K=" + sh({T, N, K}) +
               (accumulate ? " +=" : ""),
           dy->get<float>(ref.size()), ref, tol);
@@ -579,7 +579,7 @@ void test_gptq_swiglu(DT dt, int F, int K, int bits, int G, bool actorder, int l
   cpu::linear(a.data(), x.f.data(), r1->lin, 1, *g_pool);
   cpu::linear(b.data(), x.f.data(), r2->lin, 1, *g_pool);
   cpu::swiglu(ref.data(), a.data(), b.data(), F);
-  compare(std::string("gptq_gemv_swiglu ") + (layout == 1 ? "v2 " : "") + cuda::dt_name(dt) + " int" + std::to_string(bits) + " g" +
+  compare(std::string("gptq_gemv_swiglu ") + (layout != 0 ? "v2 " : "") + cuda::dt_name(dt) + " int" + std::to_string(bits) + " g" +
               std::to_string(G) + (actorder ? " act-order" : "") + " F,K=" + sh({F, K}),
           get16(g, ref.size(), dt), ref, dt == DT::BF16 ? 4e-3 : 2e-3);
 }
@@ -863,9 +863,10 @@ void time_gptq() {
     CHECK(cudaEventElapsedTime(&ms, a, b));
     return double(ms) / reps;
   };
-  for (int variant : {0, 1, 2})  // int4 v1, int4 v2, int8 (v1)
+  for (int variant : {0, 1, 2, 3})  // int4 v1, int4 v2, int8 v1, int8 v2
     for (auto nk : std::vector<std::pair<int, int>>{{12288, 4096}, {4096, 4096}, {4096, 11008}, {22016, 4096}}) {
-      const int N = nk.first, K = nk.second, bits = variant == 2 ? 8 : 4, layout = variant == 1 ? 1 : 0;
+      const int N = nk.first, K = nk.second, bits = variant >= 2 ? 8 : 4;
+      const int layout = variant == 1 ? 1 : variant == 3 ? 2 : 0;
       auto r = make_gptq("t", N, K, bits, 128, false);
       DevGptq d = upload_gptq(*r, layout);
       Half x = rand16(K, -1, 1, dt, false);
@@ -885,7 +886,7 @@ void time_gptq() {
         std::printf("time gptq_gemv_swiglu %s int%d g128 F,K=%s: %.1f us, %.0f GB/s\n", layout ? "v2" : "v1", bits,
                     sh({N / 2, K}).c_str(), ms2 * 1e3, bytes / ms2 / 1e6);
       }
-      if (variant == 1 && N == 22016) {
+      if (variant == 1 && N == 22016) {  // (the int4 prefill path)
         const int T = 2048;
         Half xt = rand16(int64_t(512) * K, -1, 1, dt, false);
         auto dxt = upload(xt.h);
@@ -1674,6 +1675,8 @@ int main(int argc, char** argv) {
       for (const G& c : q ? quick : full) {
         test_gptq_linear(c.dt, c.T, c.N, c.K, c.bits, c.G, c.act, c.acc, 0);
         if (c.bits == 4 && c.dt == DT::F16) test_gptq_linear(c.dt, c.T, c.N, c.K, c.bits, c.G, c.act, c.acc, 1);
+        if (c.bits == 8 && c.dt == DT::F16 && c.N % 8 == 0)  // int8 v2 (layout 2, bytes interleaved)
+          test_gptq_linear(c.dt, c.T, c.N, c.K, c.bits, c.G, c.act, c.acc, 2);
       }
       // Batched decode rows (2..16): int4 v2 -> gptq_batched (7B shapes, act-order g32/g64, K % 128
       // != 0, N % 16 != 0); int8 / layout 0 -> the GEMV per row (<= 4 rows) or dequantize + GEMM.
@@ -1701,6 +1704,9 @@ int main(int argc, char** argv) {
         test_gptq_swiglu(DT::F16, 8, 64, 4, 32, true, layout);
       }
       if (!q) test_gptq_swiglu(DT::F16, 11008, 4096, 8, 64, true);
+      if (!q) test_gptq_swiglu(DT::F16, 11008, 4096, 8, 128, false, 2);
+      test_gptq_swiglu(DT::F16, 256, 128, 8, 32, true, 2);
+      test_gptq_swiglu(DT::F16, 8, 64, 8, -1, false, 2);
       test_gptq_swiglu(DT::BF16, 512, 128, 4, -1, false);
       test_gptq_swiglu(DT::F16, 256, 128, 8, 32, true);
       test_gptq_errors();
@@ -1811,11 +1817,17 @@ int main(int argc, char** argv) {
       test_model("tiny-gptq-int4-actorder-kv8", 128, 2, 256, 1000, 2, 64, 40, 3, false, DT::F16, 4, 32, true, true);
       if (!q) {
         test_model("tiny-long-kv8", 128, 2, 256, 1000, 2, 64, 1100, 2, false, DT::BF16, 0, 0, false, true);
-        test_model("7B-shaped-2L-gptq-int4-g128", 4096, 32, 11008, 151936, 2, 16, 20, 3, false, DT::F16, 4, 128, false);
-        with_env("QWEN_GPTQ_GEMV", "v1", [&] {
-          test_model("7B-shaped-2L-gptq-int4-g128 [v1]", 4096, 32, 11008, 151936, 2, 16, 20, 3, false, DT::F16, 4, 128,
-                     false);
-        });
+        {  // one model and one prompt for both int4 layouts (v2: the default; v1: QWEN_GPTQ_GEMV=v1)
+          auto m = random_model(4096, 32, 11008, 151936, 2, 16, DT::F16, 4, 128, false);
+          const auto seed = g_seed;
+          run_model_case("7B-shaped-2L-gptq-int4-g128", m.get(), 20, 3, false, DT::F16, false, rope_ntk_alpha(20, 16),
+                         std::chrono::steady_clock::now());
+          g_seed = seed;
+          with_env("QWEN_GPTQ_GEMV", "v1", [&] {
+            run_model_case("7B-shaped-2L-gptq-int4-g128 [v1]", m.get(), 20, 3, false, DT::F16, false,
+                           rope_ntk_alpha(20, 16), std::chrono::steady_clock::now());
+          });
+        }
         test_model("7B-shaped-2L-gptq-int8-g64-actorder-kv8", 4096, 32, 11008, 151936, 2, 16, 20, 3, false, DT::F16, 8,
                    64, true, true);
       }
