@@ -24,7 +24,11 @@ export interface LoadOptions {
   device?: Device;
   /** Which GPU (CUDA), default 0. */
   deviceIndex?: number;
-  /** Positions one sequence can hold (KV cache size). Default: config.json's seq_length. */
+  /**
+   * Positions one sequence can hold (KV cache size); default config.json's seq_length. A createSequence() sequence's cache
+   * holds all of them; the sequence a generate/complete/chat call makes for itself holds only its
+   * prompt + maxNewTokens (at most this), so many short requests fit.
+   */
   contextLength?: number;
   /** CPU worker threads; default all cores. */
   threads?: number;
@@ -475,6 +479,8 @@ export class Model {
     onChunk: ((c: GenerateChunk) => void) | null,
   ): Promise<CompletionResult> {
     const { opts, stopStrings } = this.#nativeOptions(o, extraStops);
+    // The sequence is this call's own: its cache needs the prompt and the new tokens, no more.
+    opts.cachePositions = promptIds.length + (opts.maxNewTokens as number);
     const logprobs: TokenLogprobs[] | null = o.logprobs !== undefined ? [] : null;
     if (o.signal?.aborted) throw new AbortError(emptyResult(promptIds.length, logprobs));
     const seq = this.createSequence();

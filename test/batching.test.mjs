@@ -122,6 +122,37 @@ describe('the scheduler', () => {
   });
   after(() => model?.dispose());
 
+  test("a generation's own cache holds its prompt and new tokens, not the whole context", async () => {
+    // One position of this model's float cache, in bytes: a sequence made for eval has the whole
+    // contextLength (1024); a generation's internal one prompt + maxNewTokens.
+    const seq = model.createSequence();
+    await seq.eval(prompt(4, 9));
+    const full = model.memory().kvCache;
+    seq.dispose();
+    assert.equal(model.memory().kvCache, 0);
+    const perPos = full / 1024;
+    assert.ok(Number.isInteger(perPos) && perPos > 0, `cache bytes ${full}`);
+    const seen = [];
+    const it = model.generate(prompt(10, 3), { stop: [], temperature: 0, maxNewTokens: 6 });
+    for await (const _ of it) seen.push(model.memory().kvCache);
+    assert.ok(seen.length >= 5);
+    for (const b of seen) assert.equal(b, perPos * 16, `a generation of 10 + 6 positions holds ${b} bytes`);
+    assert.equal(model.memory().kvCache, 0, 'freed at the end');
+    // Its tokens are those of the same generation on a full-context sequence (greedy, eval loop).
+    const r = await model.complete(prompt(10, 3), { stop: [], temperature: 0, maxNewTokens: 6 });
+    const s2 = model.createSequence();
+    let logits = await s2.eval(prompt(10, 3));
+    const ref = [];
+    for (let k = 0; k < 6; k++) {
+      let best = 0;
+      for (let v = 1; v < logits.length; v++) if (logits[v] > logits[best]) best = v;
+      ref.push(best);
+      if (k < 5) logits = await s2.eval([best]);
+    }
+    s2.dispose();
+    assert.deepEqual(r.tokens, ref);
+  });
+
   test('4 concurrent generations share forward passes (batchStats)', async (t) => {
     const N = 64;
     const opts = { stop: [], temperature: 0, maxNewTokens: N };

@@ -98,7 +98,7 @@ void Engine::finish(Active& a, const std::string& error) {
 
 bool Engine::start(Active& a) {
   try {
-    if (!*a.req.cache) *a.req.cache = model_.new_cache();
+    if (!*a.req.cache) *a.req.cache = model_.new_cache(a.req.options.cache_positions);
     KvCache& cache = **a.req.cache;
     const int n = int(a.req.prompt.size());
     const std::vector<int32_t>& p = a.req.prompt;

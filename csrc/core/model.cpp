@@ -1,5 +1,6 @@
 #include "model.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "engine.h"
@@ -46,9 +47,9 @@ Engine& Model::engine() {
   return *engine_;
 }
 
-std::unique_ptr<KvCache> Model::new_cache() {
+std::unique_ptr<KvCache> Model::new_cache(int capacity) {
   std::lock_guard<std::mutex> lock(mu_);
-  return backend_->new_cache(context_length_);
+  return backend_->new_cache(capacity > 0 ? std::min(capacity, context_length_) : context_length_);
 }
 
 void Model::validate(const KvCache& cache, const int32_t* ids, int n) const {

@@ -35,7 +35,8 @@ class Model {
   const ModelConfig& config() const { return cfg_; }
   int context_length() const { return context_length_; }
   Backend& backend() { return *backend_; }
-  std::unique_ptr<KvCache> new_cache();
+  // A cache of min(capacity, contextLength) positions (capacity <= 0: contextLength).
+  std::unique_ptr<KvCache> new_cache(int capacity = 0);
 
   // Throws Error for ids outside [0, vocab) or past the context; the cache is unchanged then.
   void forward(KvCache& cache, const int32_t* ids, int n, float* logits, bool all_logits);

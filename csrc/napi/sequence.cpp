@@ -306,6 +306,11 @@ Napi::Value NativeSequence::Generate(const Napi::CallbackInfo& info) {
   if (!(logprobs >= -1 && logprobs <= kMaxTopLogprobs))
     throw Napi::RangeError::New(env, "option logprobs must be -1 (off) or in [0, " + std::to_string(kMaxTopLogprobs) + "]");
   g.logprobs = int(logprobs);
+  // Internal sequences of Model.generate/complete/chat: size a fresh cache by what they can use.
+  const double positions = num_opt(o, "cachePositions", 0);
+  if (!(positions >= 0 && positions <= double(1 << 30)))
+    throw Napi::RangeError::New(env, "option cachePositions must be in [0, 2^30]");
+  g.cache_positions = int(positions);
   Napi::Value stops = o.Get("stopSequences");
   if (stops.IsArray()) {
     Napi::Array a = stops.As<Napi::Array>();
