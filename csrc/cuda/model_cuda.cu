@@ -36,6 +36,12 @@
 // - Prefill (T > 1) runs in passes of at most kChunk tokens (this bounds the workspace; causal
 //   attention over the cache makes chunked prefill equal one-shot prefill), with tensor-core GEMMs
 //   and flash attention (head_dim 64/128; other head sizes use the split-KV kernel).
+// - Continuous batching (forward_batch, called by the Engine): the sequences that feed one token
+//   run as one decode step of up to 16 rows (gemv_batched / gptq_batched read each weight once;
+//   rope and attention find each row's cache through a KvBatchRow table copied in first, so one
+//   graph per batch size serves any set of sequences); prompt chunks of several sequences share
+//   prefill passes (one matrix product over their rows, attention per sequence). A batch row
+//   is not bit-identical to the sequence run alone (other summation order).
 // - No global state: each backend owns its stream, workspace and weights; every entry point sets
 //   its device first (calls come from different threads); destruction frees VRAM at once.
 #include <atomic>
