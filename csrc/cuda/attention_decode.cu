@@ -29,7 +29,6 @@ namespace qwen::cuda {
 namespace {
 
 constexpr int kThreads = 128;
-constexpr int kMinKeysPerSplit = 32;  // a split-KV range covers at least this many keys
 
 // Keys per split-KV range for a query that sees `len` keys: both kernels compute it alike.
 __device__ __forceinline__ int keys_per_split(int len, int splits, int kmin) {
@@ -268,7 +267,7 @@ void launch_decode(void* out, const void* q, const void* k, const float2* ksz, c
     throw Error("cuda: attention over " + std::to_string(n) + " query heads and " + std::to_string(n_kv) +
                 " KV heads (n_kv must divide n)");
   if (splits < 1) splits = 1;
-  const int kmin = splits > 1 ? kMinKeysPerSplit : 1;
+  const int kmin = splits > 1 ? kDecodeMinKeysPerSplit : 1;
   // Query heads per block: the largest divisor of the group size g = n / n_kv up to 8 (shared
   // memory [groups][gc][d + 2] floats stays under 41 KB for every d).
   const int g = n / n_kv;

@@ -21,9 +21,9 @@
 // splits K over its threads (one 16-byte chunk per column per iteration: 8 loads in flight), so
 // x (read as half2, no conversion) is loaded once for 8 columns; a transposing shuffle reduction
 // and shared memory give the 8 sums. ~2.3 instructions per weight instead of ~5.5.
-// Decode v2 for int8 (layout 2, fp16 activations, N % 8 == 0; the default too): the bytes of each
-// word hold rows 0 2 1 3, so (w & 0x00FF00FF) and ((w >> 8) & 0x00FF00FF) with 0x64006400 are
-// half2 of consecutive rows; the same block structure (16 rows a chunk).
+// Decode v2 for int8 (layout 2, fp16 activations, N % 8 == 0; opt-in, QWEN_GPTQ_INT8_V2=1): the
+// bytes of each word hold rows 0 2 1 3, so (w & 0x00FF00FF) and ((w >> 8) & 0x00FF00FF) with
+// 0x64006400 are half2 of consecutive rows; the same block structure (16 rows a chunk).
 // Batched decode (2..16 rows): int4 v2 has gptq4_batched_v2_kernel (below); other layouts run
 // the GEMV per row up to kGptqRowLoopMax rows, and the prefill path beyond.
 // Prefill (T > 1): the layer is dequantized (fp32 math, rounded once to the activation type) in
@@ -182,20 +182,22 @@ __device__ __forceinline__ float v2_chunk(const uint4& w, uint32_t m, const __ha
 
 // int8, layout 2 (bytes of a word hold rows 0 2 1 3): (w & 0x00FF00FF) | 0x64006400 is
 // half2(1024 + q) of rows 0, 1 and the same of w >> 8 rows 2, 3; adding -(1024 + z) gives q - z
-// exactly (|q - z| <= 256). s * sum over the 16 rows of one chunk; xh = its x as 8 half2.
+// exactly (|q - z| <= 256), times the scale: the weight, rounded once to fp16. Scaled before the
+// products, which stay the size of w x (q - z) x, up to 256 |x|, overflowed fp16's 65504 in a
+// pair sum past |x| ~ 128). The sum over the 16 rows of one chunk; xh = its x as 8 half2.
 __device__ __forceinline__ float v2_chunk(const uint4& w, uint32_t m, const __half2 (&xh)[8]) {
   const __half2 zl = __float2half2_rn(-(1024.0f + float(m >> 16)));  // stored zero + 1, 1..256
+  const __half2 s2 = u2h2((m & 0xFFFFu) * 0x00010001u);              // the group's fp16 scale, twice
   const uint32_t ww[4] = {w.x, w.y, w.z, w.w};
   float sum = 0.0f;
 #pragma unroll
   for (int j = 0; j < 4; j++) {
-    const __half2 d01 = __hadd2(u2h2(lop3_and_or(ww[j], 0x00FF00FFu, 0x64006400u)), zl);       // rows 0, 1
-    const __half2 d23 = __hadd2(u2h2(lop3_and_or(ww[j] >> 8, 0x00FF00FFu, 0x64006400u)), zl);  // rows 2, 3
+    const __half2 d01 = __hmul2(__hadd2(u2h2(lop3_and_or(ww[j], 0x00FF00FFu, 0x64006400u)), zl), s2);  // rows 0, 1
+    const __half2 d23 = __hmul2(__hadd2(u2h2(lop3_and_or(ww[j] >> 8, 0x00FF00FFu, 0x64006400u)), zl), s2);  // 2, 3
     const float2 f = __half22float2(__hfma2(d23, xh[2 * j + 1], __hmul2(d01, xh[2 * j])));
     sum += f.x + f.y;
   }
-  const __half_raw hr{static_cast<unsigned short>(m & 0xFFFFu)};
-  return __half2float(__half(hr)) * sum;
+  return sum;
 }
 
 // The x of chunk c (CH = 2 NH rows) as NH half2.
@@ -580,7 +582,10 @@ int gptq_layout_for(int bits, DT dt, int N) {
   if (env && std::strcmp(env, "v1") == 0) return 0;
   if (dt != DT::F16) return 0;
   if (bits == 4) return 1;
-  return bits == 8 && N % kV2Cols == 0 ? 2 : 0;
+  // int8 v2: opt-in (QWEN_GPTQ_INT8_V2=1) until its overflow-safe form (scale before the
+  // products) has run on a GPU; the form measured at 2.9 TB/s scaled after them.
+  const char* v2 = std::getenv("QWEN_GPTQ_INT8_V2");
+  return bits == 8 && N % kV2Cols == 0 && v2 && std::strcmp(v2, "1") == 0 ? 2 : 0;
 }
 
 void gptq_repack(uint32_t* qw, const void* raw_qweight, const int32_t* perm, int K, int N, int bits, int layout,

@@ -37,7 +37,8 @@
 //   attention over the cache makes chunked prefill equal one-shot prefill), with tensor-core GEMMs
 //   and flash attention (head_dim 64/128; other head sizes use the split-KV kernel).
 // - Continuous batching (forward_batch, called by the Engine): the sequences that feed one token
-//   run as one decode step of up to 16 rows (gemv_batched / gptq_batched read each weight once;
+//   run as one decode step of up to 16 rows (gemv_batched / gptq_batched read each weight once
+//   for bf16/fp16 and int4 layers;
 //   rope and attention find each row's cache through a KvBatchRow table copied in first, so one
 //   graph per batch size serves any set of sequences); prompt chunks of several sequences share
 //   prefill passes (one matrix product over their rows, attention per sequence). A batch row
@@ -70,7 +71,6 @@ constexpr int kLmRows = 64;         // lm_head rows per pass when every position
 // the live length (at least 32 keys each), so short contexts use few ranges and long ones up to
 // 64 (7B at 4096 tokens: 64 x 32 blocks of 64 keys).
 constexpr int kMaxSplits = 64;
-constexpr int kMinKeysPerSplit = 32;
 // GPTQ prefill: dequantized-slice scratch, at most. 96 MiB holds the largest 7B layer (c_attn,
 // 12288 x 4096 fp16) whole; wider layers run in slices (each a separate, smaller GEMM).
 constexpr size_t kDeqBytes = size_t(96) << 20;
@@ -190,7 +190,7 @@ class CudaBackend : public Backend {
     c->owner = this;
     c->device = dev_;
     c->capacity = capacity;
-    c->splits = std::clamp(cuda::ceil_div(capacity, kMinKeysPerSplit), 1, kMaxSplits);
+    c->splits = std::clamp(cuda::ceil_div(capacity, cuda::kDecodeMinKeysPerSplit), 1, kMaxSplits);
     c->int8 = int8_kv_;
     c->layer_bytes = align256(size_t(nkv) * size_t(capacity) * d * (c->int8 ? 1 : 2));
     c->sz_layer_bytes = c->int8 ? align256(size_t(nkv) * size_t(capacity) * sizeof(float2)) : 0;
@@ -237,7 +237,9 @@ class CudaBackend : public Backend {
   }
 
   // Continuous batching (Engine): the items that feed one token run as one batched decode step
-  // (every weight read once for all of them: gemv_batched / gptq_batched), in groups of at most
+  // (every weight read once for all of them with bf16/fp16 and int4 weights: gemv_batched /
+  // gptq_batched; int8 layers run their GEMV per row up to 4 rows, then dequantize + GEMM: see
+  // cuda::gptq_linear_ld), in groups of at most
   // kGemvBatchMax; prompt chunks of several sequences share prefill passes (up to kChunk rows and
   // kGemvBatchMax sequences: one matrix product for all their rows, attention per sequence). A
   // lone item, or a chunk longer than kChunk, runs through run().
@@ -900,6 +902,8 @@ class CudaBackend : public Backend {
     if (bdev_) cudaFree(bdev_);
     bstage_ = nullptr;
     bdev_ = nullptr;
+    bpartial_ = nullptr;
+    bbytes_ = 0;
     if (stream_) cudaStreamDestroy(stream_);
     if (pinned_) cudaFreeHost(pinned_);
     if (ws_) cudaFree(ws_);
@@ -1101,7 +1105,7 @@ class CudaBackend : public Backend {
   BatchStage* bstage_ = nullptr;  // pinned host
   BatchStage* bdev_ = nullptr;    // device, with bpartial_ after it (one allocation, bbytes_)
   float* bpartial_ = nullptr;
-  size_t bbytes_ = 0;
+  std::atomic<size_t> bbytes_{0};  // read by memory() without the lock
   cudaGraphExec_t bgraphs_[cuda::kGemvBatchMax + 1] = {};  // per batch size
   void* wsb_base(size_t at) { return static_cast<char*>(ws_) + at; }
   std::shared_ptr<std::atomic<size_t>> live_kv_;

@@ -88,6 +88,8 @@ void qkv_rope_append_gqa(void* q, void* k_cache, void* v_cache, int cap, const f
 // d in {8, 16, 32, 64, 128, 256}; n % n_kv == 0.
 void attention_decode(void* out, const void* q, const void* k_cache, const void* v_cache, int cap, const int* pos0_dev,
                       int T, int n, int n_kv, int d, int splits, float* partial, DT dt, cudaStream_t s);
+// The fewest keys a split-KV range covers (the model sizes `splits` with it too).
+constexpr int kDecodeMinKeysPerSplit = 32;
 // Floats of `partial` that attention_decode needs.
 inline size_t attention_decode_partial_floats(int T, int n, int d, int splits) {
   return splits > 1 ? size_t(T) * n * splits * (d + 2) : 0;
@@ -119,8 +121,8 @@ struct GptqDev {
   int layout = 0;
 };
 // The layout the backend repacks an int4/int8 layer of N columns into for activations of type dt:
-// with fp16, 1 (int4) or 2 (int8, N % 8 == 0) for the v2 GEMV, unless the environment sets
-// QWEN_GPTQ_GEMV=v1; 0 otherwise (bf16).
+// with fp16, 1 (int4) for the v2 GEMV unless the environment sets QWEN_GPTQ_GEMV=v1, and 2 (int8,
+// N % 8 == 0) with QWEN_GPTQ_INT8_V2=1; 0 otherwise (int8 by default, bf16).
 int gptq_layout_for(int bits, DT dt, int N);
 // Host side of the repack: permutation (empty = identity), chunk groups, metadata. Throws
 // qwen::Error naming the linear on what the GPU layout cannot hold (bits other than 4/8, K not a
@@ -152,9 +154,10 @@ int gptq_slice_cols(int N, int K, size_t deq_elems);
 void gptq_matmul(float* y, int ldy, const void* x, const GptqDev& L, const float* b, int T, bool accumulate, void* deq,
                  size_t deq_elems, DT dt, cudaStream_t s);
 // y [T, N] (+)= x [T, K] W^T + b, x in the original order (act-order: gathered through perm into
-// the xperm scratch, [T, K] 16-bit). T == 1: the GEMV; T <= 16 with the v2 layout: gptq_batched;
-// T <= kGptqRowLoopMax with another layout: the GEMV once per row; else gptq_matmul with the
-// deq scratch (deq_elems elements). gptq_linear_ld writes rows of y with a stride of ldy >= N.
+// the xperm scratch, [T, K] 16-bit). T == 1: the GEMV; T <= 16 with int4's v2 layout (1):
+// gptq_batched; T <= kGptqRowLoopMax with another layout: the GEMV once per row; else
+// gptq_matmul with the deq scratch (deq_elems elements), which dequantizes the whole layer on
+// every call. gptq_linear_ld writes rows of y with a stride of ldy >= N.
 constexpr int kGptqRowLoopMax = 4;
 void gptq_linear(float* y, const void* x, const GptqDev& L, const float* b, int T, bool accumulate, void* xperm,
                  void* deq, size_t deq_elems, DT dt, cudaStream_t s);

@@ -113,6 +113,12 @@ void acquire(Napi::Env env, NativeSequence::State& st, const char* what, std::sh
   st.abort = false;
 }
 
+// The job's final event; freed here when the environment is closing and cannot take it.
+void post_done(SeqJob* job) {
+  auto* ev = new SeqEvent{SeqEvent::Done};
+  if (job->tsfn.BlockingCall(ev) != napi_ok) delete ev;
+}
+
 // A generation: the engine runs it; on_done (on the engine's thread) ends it as start's thread
 // does an eval. The job, which holds the model, is deleted by the thread-safe function's finalizer
 // on the JS thread, so a model's last reference never goes on its engine's own thread (whose
@@ -154,13 +160,13 @@ void submit_generate(Napi::Env env, SeqJob* job, Napi::Function cb) {
   r.on_token = [job](int32_t tok, bool stop, const TokenLogprobs* lp) {
     auto* ev = new SeqEvent{SeqEvent::Token, tok, stop};
     if (lp) ev->logprobs = std::make_unique<TokenLogprobs>(*lp);
-    job->tsfn.BlockingCall(ev);
+    if (job->tsfn.BlockingCall(ev) != napi_ok) delete ev;  // the environment is closing: not delivered
   };
   r.on_done = [job, release](FinishReason reason, const std::string& error) {
     job->reason = reason;
     job->error = error;
     release();
-    job->tsfn.BlockingCall(new SeqEvent{SeqEvent::Done});
+    post_done(job);
     // Done before Release: the finalizer (which can only run after Release) must see the engine
     // gone, or it would take the generation for a live one and set the sequence's abort flag,
     // which by then may belong to the next generation JS started from this one's done event.
@@ -214,7 +220,7 @@ void start(Napi::Env env, SeqJob* job, Napi::Function cb) {
       if (st.disposed) st.cache.reset();
       st.busy = false;
     }
-    job->tsfn.BlockingCall(new SeqEvent{SeqEvent::Done});
+    post_done(job);
     job->tsfn.Release();
   });
 }

@@ -537,10 +537,18 @@ DevGptq upload_gptq(const RandGptq& r, int layout = 0) {
 // half2 products, 2e-3 (see the top of the file). T > 1: the layer is dequantized to the 16-bit
 // type for the GEMM: each weight rounded (2^-9 bf16, 2^-11 fp16); the scratch holds a third of
 // the layer, so the dequantize + GEMM runs in column slices (gptq_matmul with ldy = N).
-void test_gptq_linear(DT dt, int T, int N, int K, int bits, int G, bool actorder, bool accumulate, int layout = 0) {
+// outlier > 0: every 61st activation is +-outlier (post-norm activations of real models have such
+// channels; a kernel summing (q - z) x in fp16 overflows on them).
+void test_gptq_linear(DT dt, int T, int N, int K, int bits, int G, bool actorder, bool accumulate, int layout = 0,
+                      float outlier = 0) {
   auto r = make_gptq("gptq", N, K, bits, G, actorder);
   DevGptq d = upload_gptq(*r, layout);
   Half x = rand16(int64_t(T) * K, -1, 1, dt);
+  if (outlier > 0)
+    for (size_t i = 0; i < x.h.size(); i += 61) {
+      x.h[i] = to16(i % 2 ? -outlier : outlier, dt);
+      x.f[i] = from16(x.h[i], dt);
+    }
   auto dx = upload(x.h);
   auto y0 = rand32(int64_t(T) * N, -1, 1);
   auto dy = upload(y0);
@@ -554,7 +562,7 @@ void test_gptq_linear(DT dt, int T, int N, int K, int bits, int G, bool actorder
   const double tol = T == 1 ? (layout != 0 ? 2e-3 : 1e-4) : (dt == DT::BF16 ? 8e-3 : 2e-3);
   compare(std::string("gptq_linear ") + (layout != 0 ? "v2 " : "") + cuda::dt_name(dt) + " int" + std::to_string(bits) + " g" +
               std::to_string(G) + (actorder ? " act-order" : "") + " T,N,K=" + sh({T, N, K}) +
-              (accumulate ? " +=" : ""),
+              (accumulate ? " +=" : "") + (outlier > 0 ? " x outliers " + std::to_string(int(outlier)) : ""),
           dy->get<float>(ref.size()), ref, tol);
 }
 
@@ -1687,6 +1695,14 @@ int main(int argc, char** argv) {
         test_gptq_linear(DT::F16, T, q ? 40 : 5504, q ? 160 : 2048, 4, 32, true, false, 1);
       }
       test_gptq_linear(DT::F16, 3, q ? 256 : 4096, q ? 512 : 4096, 8, 128, false, true, 0);
+      // Activations with outliers of 300 and 1000 (every 61st), every decode layout and the batched one.
+      for (float big : {300.0f, 1000.0f}) {
+        test_gptq_linear(DT::F16, 1, q ? 256 : 4096, q ? 1024 : 11008, 4, 128, false, false, 0, big);
+        test_gptq_linear(DT::F16, 1, q ? 256 : 4096, q ? 1024 : 11008, 4, 128, false, false, 1, big);
+        test_gptq_linear(DT::F16, 9, q ? 256 : 4096, q ? 1024 : 11008, 4, 128, false, false, 1, big);
+        test_gptq_linear(DT::F16, 1, q ? 256 : 4096, q ? 1024 : 11008, 8, 128, false, false, 0, big);
+        test_gptq_linear(DT::F16, 1, q ? 256 : 4096, q ? 1024 : 11008, 8, 128, false, false, 2, big);
+      }
       test_gptq_linear(DT::F16, 4, q ? 256 : 4096, q ? 512 : 11008, 4, 64, true, false, 0);
       test_gptq_linear(DT::F16, 6, q ? 256 : 4096, q ? 512 : 4096, 8, 64, true, false, 0);
       // v2 at the 7B decode shapes and odd ones (N % 8 == 0, K % 32 == 0; K not a multiple of 32 * 128).
@@ -1878,6 +1894,9 @@ int main(int argc, char** argv) {
         test_batched_decode("tiny gptq int4 g64 act-order", mq.get(), DT::F16, false, 6, 5);
         auto m8 = random_model(128, 2, 256, 1000, 2, 64, DT::F16, 8, 64, false);
         test_batched_decode("tiny gptq int8 g64", m8.get(), DT::F16, false, 7, 5);  // GEMV per row, then deq + GEMM
+        with_env("QWEN_GPTQ_INT8_V2", "1", [&] {  // the int8 v2 layout (opt-in) through the model
+          test_batched_decode("tiny gptq int8 g64 [int8 v2]", m8.get(), DT::F16, false, 7, 5);
+        });
         if (!q) {
           auto m7q = random_model(4096, 32, 11008, 151936, 2, 8192, DT::F16, 4, 128, false);
           test_batched_decode("7B-shaped gptq int4 g128 (2 layers)", m7q.get(), DT::F16, false, 16, 3);
