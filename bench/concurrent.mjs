@@ -14,38 +14,20 @@
 // steady state. The model is loaded with maxBatch = the largest C (the engine's default is 16)
 // and a context of prompt + tokens + 8. Prints one JSON line per C:
 // {impl: "qwen-native", shape, metric: "batch_tok_s", concurrency, value, ttft_ms, itl_ms, tokens, wall_s}.
-import { createRequire } from 'node:module';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
-import { parseArgs } from 'node:util';
+import { benchArgs, modelClass } from './common.mjs';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const require = createRequire(import.meta.url);
-const { values: a } = parseArgs({
-  options: {
-    model: { type: 'string' },
-    label: { type: 'string' },
-    device: { type: 'string', default: 'cuda' },
-    concurrency: { type: 'string', default: '1,4,16,64' },
-    prompt: { type: 'string', default: '128' },
-    tokens: { type: 'string', default: '128' },
-    dist: { type: 'string', default: path.join(here, '..', 'dist', 'index.js') },
-  },
-});
-if (!a.model) {
-  process.stderr.write('usage: node bench/concurrent.mjs --model DIR [--label NAME] [--concurrency 1,4,16,64]\n');
-  process.exit(2);
-}
-const shape = a.label ?? path.basename(a.model);
+const { a, label: shape, emit, log } = benchArgs('concurrent', {
+  concurrency: { type: 'string', default: '1,4,16,64' },
+  prompt: { type: 'string', default: '128' },
+  tokens: { type: 'string', default: '128' },
+}, '[--concurrency 1,4,16,64] [--prompt P] [--tokens N]');
 const levels = a.concurrency.split(',').map(Number);
 const P = Number(a.prompt), N = Number(a.tokens);
 for (const v of [...levels, P, N])
   if (!Number.isInteger(v) || v < 1) throw new RangeError(`bad number in the arguments: ${v}`);
-const log = (m) => process.stderr.write(`concurrent ${shape}: ${m}\n`);
-const emit = (rec) => process.stdout.write(JSON.stringify({ impl: 'qwen-native', shape, ...rec }) + '\n');
 
-const { Model } = require(a.dist);
+const Model = modelClass(a.dist, log);
 let seed = 12345;
 let vocab = 150000; // the model's, once loaded (random prompt ids stay below it and below the special ids)
 const rand = () => ((seed = (seed * 1103515245 + 12345) >>> 0) % vocab);

@@ -21,44 +21,27 @@
 // - peak_mem_bytes, kind "nvidia-smi": the largest memory.used of the GPU sampled every 50 ms
 //   while this process runs: whole GPU, so it adds the CUDA context and anything else resident;
 //   baseline_bytes is the value before the model was loaded.
-import { createRequire } from 'node:module';
 import { spawn } from 'node:child_process';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
-import { parseArgs } from 'node:util';
+import { benchArgs, modelClass } from './common.mjs';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const require = createRequire(import.meta.url);
-
-const { values: a } = parseArgs({
-  options: {
-    model: { type: 'string' },
-    label: { type: 'string' },
-    device: { type: 'string', default: 'cuda' },
-    'device-index': { type: 'string', default: '0' },
-    ctx: { type: 'string', default: '128,4096' },
-    steps: { type: 'string', default: '128' },
-    warmup: { type: 'string', default: '8' },
-    prefill: { type: 'string', default: '2048' },
-    reps: { type: 'string', default: '3' },
-    'context-length': { type: 'string' },
-    'no-complete': { type: 'boolean', default: false },
-    'smi-ms': { type: 'string', default: '50' },
-    dist: { type: 'string', default: path.join(here, '..', 'dist', 'index.js') },
-    seed: { type: 'string', default: '1' },
-  },
-});
-if (!a.model) {
-  process.stderr.write('usage: node bench/qwen_native.mjs --model DIR [--label NAME] [--device cuda|cpu] [--ctx 128,4096] [--steps N]\n');
-  process.exit(2);
-}
+const { a, label, emit, log } = benchArgs('qwen-native', {
+  'device-index': { type: 'string', default: '0' },
+  ctx: { type: 'string', default: '128,4096' },
+  steps: { type: 'string', default: '128' },
+  warmup: { type: 'string', default: '8' },
+  prefill: { type: 'string', default: '2048' },
+  reps: { type: 'string', default: '3' },
+  'context-length': { type: 'string' },
+  'no-complete': { type: 'boolean', default: false },
+  'smi-ms': { type: 'string', default: '50' },
+  seed: { type: 'string', default: '1' },
+}, '[--ctx 128,4096] [--steps N]');
 const int = (name) => {
   const v = Number(a[name]);
   if (!Number.isInteger(v) || v < 0) throw new RangeError(`--${name} must be a non-negative integer, got ${a[name]}`);
   return v;
 };
-const label = a.label ?? path.basename(path.resolve(a.model));
 const ctxs = a.ctx.split(',').filter(Boolean).map(Number);
 const steps = int('steps');
 const warmup = int('warmup');
@@ -67,28 +50,7 @@ const reps = Math.max(1, int('reps'));
 const deviceIndex = int('device-index');
 const COMPLETE_BASE = 16; // maxNewTokens of the shorter complete() run
 
-const emit = (rec) => console.log(JSON.stringify({ impl: 'qwen-native', shape: label, ...rec }));
-const log = (msg) => process.stderr.write(`qwen-native ${label}: ${msg}\n`);
-
-// dist/tokenizer.js loads tiktoken at import. The benchmark feeds ids and its checkpoints have no
-// qwen.tiktoken, so when tiktoken was not carried to the GPU machine (23 MB), a stub stands in.
-{
-  const distRequire = createRequire(a.dist);
-  try {
-    distRequire.resolve('tiktoken/lite');
-  } catch {
-    const Module = require('node:module');
-    const load = Module._load;
-    Module._load = function (request, ...rest) {
-      if (request === 'tiktoken/lite') {
-        return { Tiktoken: class { constructor() { throw new Error('tiktoken is not installed (benchmark stub)'); } } };
-      }
-      return load.call(this, request, ...rest);
-    };
-    log('tiktoken not found: stubbed (no tokenizer needed)');
-  }
-}
-const { Model } = require(a.dist);
+const Model = modelClass(a.dist, log);
 
 // Deterministic random ids (mulberry32), below the special ids and inside the vocab.
 function rng(seed) {
