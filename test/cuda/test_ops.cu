@@ -920,6 +920,20 @@ struct RandomModel {
     mats.push_back(rand16(rows * cols, name == "wte" ? -1.0f : -a, name == "wte" ? 1.0f : a, dt, false).h);
     return Tensor{name, dtype_of(dt), {rows, cols}, mats.back().data()};
   }
+  // A random Linear [out, in] (+ bias), or with bits a random GPTQ one (never the lm_head).
+  Linear linear(const std::string& name, int out, int in, bool bias, DT dt, int bits, int G, bool actorder) {
+    if (bits && name != "lm_head") {
+      gptqs.push_back(make_gptq(name, out, in, bits, G, actorder));
+      cfg.gptq.bits = bits;
+      return gptqs.back()->lin;
+    }
+    Linear l;
+    l.in = in;
+    l.out = out;
+    l.weight = mat(name, out, in, dt);
+    if (bias) l.bias = vec(name + ".bias", out, -0.5f, 0.5f);
+    return l;
+  }
   Tensor vec(const std::string& name, int64_t n, float lo, float hi) {
     vecs.push_back(rand32(n, lo, hi));
     return Tensor{name, DType::F32, {n}, vecs.back().data()};
@@ -942,17 +956,7 @@ std::unique_ptr<RandomModel> random_model(int H, int n, int F, int V, int L, int
   c.seq_length = S_len;
   c.max_position_embeddings = S_len;
   auto lin = [&](const std::string& name, int out, int in, bool bias) {
-    if (bits && name != "lm_head") {
-      m->gptqs.push_back(make_gptq(name, out, in, bits, G, actorder));
-      c.gptq.bits = bits;
-      return m->gptqs.back()->lin;
-    }
-    Linear l;
-    l.in = in;
-    l.out = out;
-    l.weight = m->mat(name, out, in, dt);
-    if (bias) l.bias = m->vec(name + ".bias", out, -0.5f, 0.5f);
-    return l;
+    return m->linear(name, out, in, bias, dt, bits, G, actorder);
   };
   m->w.wte = m->mat("wte", V, H, dt);
   for (int i = 0; i < L; i++) {
@@ -1076,17 +1080,7 @@ std::unique_ptr<RandomModel> random_qwen2_model(bool qwen3, int H, int n, int n_
   c.seq_length = c.max_position_embeddings = 32768;
   const int Q = n * d, KV = n_kv * d;
   auto lin = [&](const std::string& name, int out, int in, bool bias) {
-    if (bits && name != "lm_head") {
-      m->gptqs.push_back(make_gptq(name, out, in, bits, G, actorder));
-      c.gptq.bits = bits;
-      return m->gptqs.back()->lin;
-    }
-    Linear l;
-    l.in = in;
-    l.out = out;
-    l.weight = m->mat(name, out, in, dt);
-    if (bias) l.bias = m->vec(name + ".bias", out, -0.5f, 0.5f);
-    return l;
+    return m->linear(name, out, in, bias, dt, bits, G, actorder);
   };
   m->w.wte = m->mat("wte", V, H, dt);
   for (int i = 0; i < L; i++) {
