@@ -154,25 +154,39 @@ __device__ __forceinline__ uint32_t lop3_and_or(uint32_t a, uint32_t b, uint32_t
 }
 __device__ __forceinline__ __half2 u2h2(uint32_t u) { return *reinterpret_cast<const __half2*>(&u); }
 
+// Layout 1's zero z (stored zero + 1, 1..16) in the two forms int4_word subtracts it in.
+struct Int4Zero {
+  __half2 lo, hi;
+};
+__device__ __forceinline__ Int4Zero int4_zero(uint32_t z) {
+  return {u2h2((0xE400u | z) * 0x00010001u),           // -(1024 + z)
+          u2h2((0xD400u + (z << 4)) * 0x00010001u)};  // -(64 + z): ulp 1/16 in [64, 128)
+}
+// q - z of the 8 rows of one layout-1 word, exact in fp16, as half2 of rows {0,1}, {2,3}, {4,5},
+// {6,7}: (a & 0x000F000F) | 0x64006400 = half2(1024 + q); the 0x00F0 nibbles give 1024 + 16 q,
+// taken times 1/16 to 64 + q.
+__device__ __forceinline__ void int4_word(uint32_t a, const Int4Zero& z, __half2 (&d)[4]) {
+  const __half2 r16 = u2h2(0x2C002C00u);  // 1/16
+  const uint32_t b = a >> 8;
+  d[0] = __hadd2(u2h2(lop3_and_or(a, 0x000F000Fu, 0x64006400u)), z.lo);
+  d[1] = __hfma2(u2h2(lop3_and_or(a, 0x00F000F0u, 0x64006400u)), r16, z.hi);
+  d[2] = __hadd2(u2h2(lop3_and_or(b, 0x000F000Fu, 0x64006400u)), z.lo);
+  d[3] = __hfma2(u2h2(lop3_and_or(b, 0x00F000F0u, 0x64006400u)), r16, z.hi);
+}
+
 // int4: s * sum over the 32 rows of one chunk of (q - z) * x; xh = the chunk's x as 16 half2.
 __device__ __forceinline__ float v2_chunk(const uint4& w, uint32_t m, const __half2 (&xh)[16]) {
-  const uint32_t z = m >> 16;                              // stored zero + 1, 1..16
-  const __half2 zl = u2h2((0xE400u | z) * 0x00010001u);     // -(1024 + z)
-  const __half2 zh = u2h2((0xD400u + (z << 4)) * 0x00010001u);  // -(64 + z): ulp 1/16 in [64, 128)
-  const __half2 r16 = u2h2(0x2C002C00u);                    // 1/16
+  const Int4Zero z = int4_zero(m >> 16);
   const uint32_t ww[4] = {w.x, w.y, w.z, w.w};
   float sum = 0.0f;
 #pragma unroll
   for (int j = 0; j < 4; j++) {
-    const uint32_t a = ww[j], b = a >> 8;
-    const __half2 d0 = __hadd2(u2h2(lop3_and_or(a, 0x000F000Fu, 0x64006400u)), zl);       // rows 0, 1
-    const __half2 d1 = __hfma2(u2h2(lop3_and_or(a, 0x00F000F0u, 0x64006400u)), r16, zh);  // rows 2, 3
-    const __half2 d2 = __hadd2(u2h2(lop3_and_or(b, 0x000F000Fu, 0x64006400u)), zl);       // rows 4, 5
-    const __half2 d3 = __hfma2(u2h2(lop3_and_or(b, 0x00F000F0u, 0x64006400u)), r16, zh);  // rows 6, 7
-    __half2 p = __hmul2(d0, xh[4 * j]);
-    p = __hfma2(d1, xh[4 * j + 1], p);
-    p = __hfma2(d2, xh[4 * j + 2], p);
-    p = __hfma2(d3, xh[4 * j + 3], p);
+    __half2 d[4];
+    int4_word(ww[j], z, d);
+    __half2 p = __hmul2(d[0], xh[4 * j]);
+    p = __hfma2(d[1], xh[4 * j + 1], p);
+    p = __hfma2(d[2], xh[4 * j + 2], p);
+    p = __hfma2(d[3], xh[4 * j + 3], p);
     const float2 f = __half22float2(p);
     sum += f.x + f.y;
   }
@@ -390,7 +404,6 @@ __global__ void __launch_bounds__(256)
   load_w(warp);
   pdl_wait();
   pdl_trigger();
-  const __half2 r16 = u2h2(0x2C002C00u);  // 1/16
   for (int sc0 = warp; sc0 < nsc; sc0 += U * kWarpsB) {
 #pragma unroll
     for (int u = 0; u < U; u++) {
@@ -412,26 +425,18 @@ __global__ void __launch_bounds__(256)
         for (int cc = 0; cc < 2; cc++) {
           const uint4 w = cc ? wh[u][mt] : wl[u][mt];
           const uint32_t m = cc ? sh[u][mt] : sl[u][mt];
-          const uint32_t z = m >> 16;
-          const __half2 zl = u2h2((0xE400u | z) * 0x00010001u);         // -(1024 + z)
-          const __half2 zhh = u2h2((0xD400u + (z << 4)) * 0x00010001u);  // -(64 + z)
+          const Int4Zero z = int4_zero(m >> 16);
           const __half2 s2 = u2h2((m & 0xFFFFu) * 0x00010001u);
           const uint32_t ww[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
           for (int i = 0; i < 4; i++) {
-            const uint32_t a = ww[i], bsh = a >> 8;
-            __half2 d0 = __hadd2(u2h2(lop3_and_or(a, 0x000F000Fu, 0x64006400u)), zl);
-            __half2 d1 = __hfma2(u2h2(lop3_and_or(a, 0x00F000F0u, 0x64006400u)), r16, zhh);
-            __half2 d2 = __hadd2(u2h2(lop3_and_or(bsh, 0x000F000Fu, 0x64006400u)), zl);
-            __half2 d3 = __hfma2(u2h2(lop3_and_or(bsh, 0x00F000F0u, 0x64006400u)), r16, zhh);
-            d0 = __hmul2(d0, s2);
-            d1 = __hmul2(d1, s2);
-            d2 = __hmul2(d2, s2);
-            d3 = __hmul2(d3, s2);
-            dq[cc][i][0] = *reinterpret_cast<uint32_t*>(&d0);
-            dq[cc][i][1] = *reinterpret_cast<uint32_t*>(&d1);
-            dq[cc][i][2] = *reinterpret_cast<uint32_t*>(&d2);
-            dq[cc][i][3] = *reinterpret_cast<uint32_t*>(&d3);
+            __half2 d[4];
+            int4_word(ww[i], z, d);
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+              const __half2 v = __hmul2(d[e], s2);
+              dq[cc][i][e] = *reinterpret_cast<const uint32_t*>(&v);
+            }
           }
         }
 #pragma unroll
