@@ -21,7 +21,7 @@
 // splits K over its threads (one 16-byte chunk per column per iteration: 8 loads in flight), so
 // x (read as half2, no conversion) is loaded once for 8 columns; a transposing shuffle reduction
 // and shared memory give the 8 sums. ~2.3 instructions per weight instead of ~5.5.
-// Decode v2 for int8 (layout 2, fp16 activations, N % 8 == 0; opt-in, QWEN_GPTQ_INT8_V2=1): the
+// Decode v2 for int8 (layout 2, fp16 activations, N % 8 == 0; the default, QWEN_GPTQ_INT8_V2=0 for v1): the
 // bytes of each word hold rows 0 2 1 3, so (w & 0x00FF00FF) and ((w >> 8) & 0x00FF00FF) with
 // 0x64006400 are half2 of consecutive rows; the same block structure (16 rows a chunk).
 // Batched decode (2..16 rows): int4 v2 has gptq4_batched_v2_kernel (below); other layouts run
@@ -587,10 +587,10 @@ int gptq_layout_for(int bits, DT dt, int N) {
   if (env && std::strcmp(env, "v1") == 0) return 0;
   if (dt != DT::F16) return 0;
   if (bits == 4) return 1;
-  // int8 v2: opt-in (QWEN_GPTQ_INT8_V2=1) until its overflow-safe form (scale before the
-  // products) has run on a GPU; the form measured at 2.9 TB/s scaled after them.
+  // int8 v2 (the scale-first form, which holds activation outliers of 1000 in the kernel tests)
+  // unless QWEN_GPTQ_INT8_V2=0 asks for v1.
   const char* v2 = std::getenv("QWEN_GPTQ_INT8_V2");
-  return bits == 8 && N % kV2Cols == 0 && v2 && std::strcmp(v2, "1") == 0 ? 2 : 0;
+  return bits == 8 && N % kV2Cols == 0 && !(v2 && std::strcmp(v2, "0") == 0) ? 2 : 0;
 }
 
 void gptq_repack(uint32_t* qw, const void* raw_qweight, const int32_t* perm, int K, int N, int bits, int layout,
