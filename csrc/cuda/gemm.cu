@@ -7,6 +7,8 @@
 // B operand, so both operands load with plain (non-transposed) ldmatrix.
 // Limits: K % 8 == 0 (16-byte chunks; any K tail under 32 is zero-filled); any M, N (tails are
 // zero-filled on load and predicated on store). sm_80+.
+// gemm_ld runs gemm_sm90.cu's wgmma kernel instead on an sm_90 device for 64 rows or more (3x
+// this one's rate on an H100); this kernel serves sm_80/86/89 and short products.
 #include "ops.cuh"
 
 namespace qwen::cuda {
@@ -120,6 +122,31 @@ void gemm(float* y, const void* x, const void* W, const float* b, int T, int N, 
 
 void gemm_ld(float* y, int ldy, const void* x, const void* W, const float* b, int T, int N, int K, bool accumulate,
              DT dt, cudaStream_t s) {
+#if defined(QWEN_HAVE_SM90A)
+  if (T >= kGemmSm90MinRows) {
+    int dev = 0;
+    CK(cudaGetDevice(&dev));
+    if (gemm_sm90_available(dev)) {
+      if (ldy < N) throw Error("cuda: gemm_ld needs ldy >= N");
+      if (K % 8 != 0 || (reinterpret_cast<uintptr_t>(W) & 15) || (reinterpret_cast<uintptr_t>(x) & 15))
+        throw Error("cuda: gemm needs K % 8 == 0 and 16-byte aligned operands (K = " + std::to_string(K) + ")");
+      gemm_sm90_ld(y, ldy, x, W, b, T, N, K, accumulate, dt, s);
+      return;
+    }
+  }
+#endif
+  gemm_mma_ld(y, ldy, x, W, b, T, N, K, accumulate, dt, s);
+}
+
+#if !defined(QWEN_HAVE_SM90A)
+bool gemm_sm90_available(int) { return false; }
+void gemm_sm90_ld(float*, int, const void*, const void*, const float*, int, int, int, bool, DT, cudaStream_t) {
+  throw Error("cuda: this build has no sm_90a GEMM (nvcc older than 12.0)");
+}
+#endif
+
+void gemm_mma_ld(float* y, int ldy, const void* x, const void* W, const float* b, int T, int N, int K,
+                 bool accumulate, DT dt, cudaStream_t s) {
   if (ldy < N) throw Error("cuda: gemm_ld needs ldy >= N");
   if (K % 8 != 0 || (reinterpret_cast<uintptr_t>(W) & 15) || (reinterpret_cast<uintptr_t>(x) & 15))
     throw Error("cuda: gemm needs K % 8 == 0 and 16-byte aligned operands (K = " + std::to_string(K) + ")");

@@ -33,7 +33,7 @@
 // - Decode (T == 1) is one CUDA graph per cache, captured at its first decode step: the token id
 //   and position are read from device memory (copied in before the replay), so the same graph
 //   serves every step; the only host sync is the one after the logits copy.
-// - Prefill (T > 1) runs in passes of at most kChunk tokens (this bounds the workspace; causal
+// - Prefill (T > 1) runs in passes of at most chunk_ tokens (this bounds the workspace; causal
 //   attention over the cache makes chunked prefill equal one-shot prefill), with tensor-core GEMMs
 //   and flash attention (head_dim 64/128; other head sizes use the split-KV kernel).
 // - Continuous batching (forward_batch, called by the Engine): the sequences that feed one token
@@ -65,7 +65,13 @@ using cuda::DT;
 
 namespace {
 
-constexpr int kChunk = 512;         // prefill tokens per pass
+// Prefill tokens per pass of run() (QWEN_PREFILL_CHUNK overrides: 64..8192). 2048 rows give the
+// 128 x 256 tiles of the sm90 GEMM enough blocks to fill the GPU on 1.8B's 2048-wide products;
+// the workspace grows with it (7B: ~0.3 GB at 2048).
+constexpr int kDefaultChunk = 2048;
+// Prompt tokens per sequence the Engine feeds in one step (prefill_chunk()): smaller than a pass,
+// so that the other sequences' decoding goes on between a long prompt's passes.
+constexpr int kEngineChunk = 512;
 constexpr int kLmRows = 64;         // lm_head rows per pass when every position's logits are wanted
 // Decode attention: split-KV ranges per (KV head, query) at most. The kernel sizes the ranges from
 // the live length (at least 32 keys each), so short contexts use few ranges and long ones up to
@@ -165,6 +171,11 @@ class CudaBackend : public Backend {
       throw Error("cuda: " + gpu_name_ + " (compute capability " + std::to_string(prop.major) + "." +
                   std::to_string(prop.minor) + ") is not supported; qwen-native needs sm_80 or newer");
     dt_ = w.wte.dtype == DType::F16 ? DT::F16 : DT::BF16;
+    if (const char* e = std::getenv("QWEN_PREFILL_CHUNK")) {
+      const int v = std::atoi(e);
+      if (v < 64 || v > 8192) throw Error("QWEN_PREFILL_CHUNK must be a number of tokens in [64, 8192], got \"" + std::string(e) + "\"");
+      chunk_ = v;
+    }
     int8_kv_ = opt.kv_cache == KvCacheType::Int8;
     live_kv_ = std::make_shared<std::atomic<size_t>>(0);
     try {
@@ -240,9 +251,9 @@ class CudaBackend : public Backend {
   // (every weight read once for all of them with bf16/fp16 and int4 weights: gemv_batched /
   // gptq_batched; int8 layers run their GEMV per row up to 4 rows, then dequantize + GEMM: see
   // cuda::gptq_linear_ld), in groups of at most
-  // kGemvBatchMax; prompt chunks of several sequences share prefill passes (up to kChunk rows and
+  // kGemvBatchMax; prompt chunks of several sequences share prefill passes (up to chunk_ rows and
   // kGemvBatchMax sequences: one matrix product for all their rows, attention per sequence). A
-  // lone item, or a chunk longer than kChunk, runs through run().
+  // lone item, or a chunk longer than chunk_, runs through run().
   void forward_batch(std::vector<BatchItem>& items) override {
     std::vector<BatchItem*> dec, pre;
     auto alone = [&](BatchItem& it) {
@@ -252,7 +263,7 @@ class CudaBackend : public Backend {
     for (BatchItem& it : items) {
       if (items.size() > 1 && it.n == 1)
         dec.push_back(&it);
-      else if (items.size() > 1 && it.n > 1 && it.n <= kChunk)
+      else if (items.size() > 1 && it.n > 1 && it.n <= chunk_)
         pre.push_back(&it);
       else
         alone(it);
@@ -260,7 +271,7 @@ class CudaBackend : public Backend {
     for (size_t i = 0; i < pre.size();) {
       size_t e = i;
       int rows = 0;
-      while (e < pre.size() && e - i < size_t(cuda::kGemvBatchMax) && rows + pre[e]->n <= kChunk) rows += pre[e++]->n;
+      while (e < pre.size() && e - i < size_t(cuda::kGemvBatchMax) && rows + pre[e]->n <= chunk_) rows += pre[e++]->n;
       if (e - i == 1)
         alone(*pre[i]);
       else
@@ -276,9 +287,9 @@ class CudaBackend : public Backend {
     }
   }
 
-  // The engine feeds longer prompts in passes of kChunk tokens, so that the other sequences'
-  // decoding goes on between them.
-  int prefill_chunk() const override { return kChunk; }
+  // The engine feeds longer prompts in pieces of kEngineChunk tokens, so that the other
+  // sequences' decoding goes on between them.
+  int prefill_chunk() const override { return std::min(kEngineChunk, chunk_); }
 
   // The cache of a batch item, checked: made by this model, room for n more positions, not the
   // cache of an earlier item of the same pass.
@@ -312,7 +323,7 @@ class CudaBackend : public Backend {
       if (items[b]->argmax) *items[b]->token_out = bstage_->argmax[b];
   }
 
-  // One prefill pass over the prompt chunks of S (2..kGemvBatchMax) sequences, kChunk rows at
+  // One prefill pass over the prompt chunks of S (2..kGemvBatchMax) sequences, chunk_ rows at
   // most: their rows are concatenated for every matrix product (one weight read, a fuller GEMM
   // than S small ones); rope/append and attention run per sequence over its own cache. Eager.
   void prefill_batch(BatchItem* const* items, int S) {
@@ -444,12 +455,12 @@ class CudaBackend : public Backend {
       return;
     }
     const int H = cfg_.hidden_size, V = cfg_.vocab_size;
-    for (int start = 0; start < T; start += kChunk) {
-      const int rows = std::min(kChunk, T - start);
+    for (int start = 0; start < T; start += chunk_) {
+      const int rows = std::min(chunk_, T - start);
       std::memcpy(pinned_, ids + start, size_t(rows) * 4);
-      pinned_[kChunk] = pos0 + start;
-      CK(cudaMemcpyAsync(step_, pinned_, (kChunk + 1) * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
-      const Seg sg{c, 0, rows, pos0 + start, step_ + kChunk};
+      pinned_[chunk_] = pos0 + start;
+      CK(cudaMemcpyAsync(step_, pinned_, (chunk_ + 1) * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+      const Seg sg{c, 0, rows, pos0 + start, step_ + chunk_};
       run_layers(rows, &sg, 1);
       if (all_logits && !token) {
         for (int r0 = 0; r0 < rows; r0 += kLmRows) {
@@ -467,15 +478,15 @@ class CudaBackend : public Backend {
       // The pinned ids are rewritten by the next pass; wait for this one.
       CK(cudaStreamSynchronize(stream_));
     }
-    if (token) *token = pinned_[kChunk + 1];
+    if (token) *token = pinned_[chunk_ + 1];
   }
 
   // After the last logits are in logits_: queue their copy to host `logits`, or the argmax and
-  // its 4-byte copy to pinned_[kChunk + 1] (read after the stream syncs).
+  // its 4-byte copy to pinned_[chunk_ + 1] (read after the stream syncs).
   void fetch_result(float* logits, int32_t* token) {
     if (token) {
-      cuda::argmax(step_ + kChunk + 1, logits_, cfg_.vocab_size, stream_);
-      CK(cudaMemcpyAsync(pinned_ + kChunk + 1, step_ + kChunk + 1, sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+      cuda::argmax(step_ + chunk_ + 1, logits_, cfg_.vocab_size, stream_);
+      CK(cudaMemcpyAsync(pinned_ + chunk_ + 1, step_ + chunk_ + 1, sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
     } else {
       CK(cudaMemcpyAsync(logits, logits_, size_t(cfg_.vocab_size) * 4, cudaMemcpyDeviceToHost, stream_));
     }
@@ -659,14 +670,14 @@ class CudaBackend : public Backend {
     // logits_ (written after the last layer) are never live at the same time: one region.
     // QWEN_CUDA_WS_SHARE=0 gives each its own region (the old layout).
     const bool share = !env_is("QWEN_CUDA_WS_SHARE", "0");
-    const size_t qkv_b = size_t(kChunk) * (Q + 2 * KV) * 4, ab_b = size_t(kChunk) * 2 * F * 4,
+    const size_t qkv_b = size_t(chunk_) * (Q + 2 * KV) * 4, ab_b = size_t(chunk_) * 2 * F * 4,
                  lg_b = size_t(kLmRows) * V * 4;
-    const size_t x_at = wplace(size_t(kChunk) * H * 4), h_at = wplace(size_t(kChunk) * H * 2),
+    const size_t x_at = wplace(size_t(chunk_) * H * 4), h_at = wplace(size_t(chunk_) * H * 2),
                  sh_at = wplace(share ? std::max({qkv_b, ab_b, lg_b}) : qkv_b),
                  ab_at = share ? sh_at : wplace(ab_b), lg_at = share ? sh_at : wplace(lg_b),
-                 q_at = wplace(size_t(kChunk) * Q * 2),
-                 att_at = wplace(size_t(kChunk) * Q * 2), g_at = wplace(size_t(kChunk) * F * 2),
-                 st_at = wplace(size_t(kChunk + 2) * 4);
+                 q_at = wplace(size_t(chunk_) * Q * 2),
+                 att_at = wplace(size_t(chunk_) * Q * 2), g_at = wplace(size_t(chunk_) * F * 2),
+                 st_at = wplace(size_t(chunk_ + 2) * 4);
     // GPTQ scratch: gathered activations (act-order: decode w1/w2 or a batched step's rows) and one
     // dequantized slice of a layer for the prefill GEMM: the whole largest layer when it fits in
     // kDeqBytes, else slices of whole 128-column tiles (cuda::gptq_matmul).
@@ -688,7 +699,7 @@ class CudaBackend : public Backend {
                   gpu_name_);
     CK(cudaMalloc(&wmem_, weight_bytes_));
     CK(cudaMalloc(&ws_, ws_bytes_));
-    CK(cudaMallocHost(reinterpret_cast<void**>(&pinned_), (kChunk + 2) * sizeof(int32_t)));
+    CK(cudaMallocHost(reinterpret_cast<void**>(&pinned_), (chunk_ + 2) * sizeof(int32_t)));
     CK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
 
     // Bind the device pointers.
@@ -1035,7 +1046,7 @@ class CudaBackend : public Backend {
   }
 
   void decode_kernels(CudaCache& c, int pos0) {
-    const Seg sg{&c, 0, 1, pos0, step_ + kChunk};
+    const Seg sg{&c, 0, 1, pos0, step_ + chunk_};
     run_layers(1, &sg, 1);
     cuda::rmsnorm(h_, x_, lnf_, 1, cfg_.hidden_size, cfg_.rms_eps, dt_, stream_);
     cuda::gemv(logits_, h_, lm_head_.w, lm_head_.b, cfg_.vocab_size, cfg_.hidden_size, false, dt_, stream_);
@@ -1043,8 +1054,8 @@ class CudaBackend : public Backend {
 
   void decode_step(CudaCache& c, int32_t id, int pos0, float* logits, int32_t* token) {
     pinned_[0] = id;
-    pinned_[kChunk] = pos0;
-    CK(cudaMemcpyAsync(step_, pinned_, (kChunk + 1) * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    pinned_[chunk_] = pos0;
+    CK(cudaMemcpyAsync(step_, pinned_, (chunk_ + 1) * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
     if (!use_graph_) {
       decode_kernels(c, pos0);
     } else {
@@ -1053,7 +1064,7 @@ class CudaBackend : public Backend {
     }
     fetch_result(logits, token);
     CK(cudaStreamSynchronize(stream_));
-    if (token) *token = pinned_[kChunk + 1];
+    if (token) *token = pinned_[chunk_ + 1];
   }
 
   const ModelConfig cfg_;
@@ -1061,6 +1072,7 @@ class CudaBackend : public Backend {
   std::string gpu_name_;
   DT dt_ = DT::BF16;
   bool use_graph_ = true;
+  int chunk_ = kDefaultChunk;  // prefill rows per pass (the workspace is sized for it)
   bool device_argmax_ = true;  // forward_argmax on the device unless QWEN_DEVICE_ARGMAX=0
   std::mutex mu_;
   cudaStream_t stream_ = nullptr;
@@ -1071,19 +1083,19 @@ class CudaBackend : public Backend {
   std::vector<DevLayer> layers_;
   const float* lnf_ = nullptr;
   DevLinear lm_head_;
-  // Workspace: one allocation, sized for kChunk tokens.
+  // Workspace: one allocation, sized for chunk_ tokens.
   void* ws_ = nullptr;
   size_t ws_bytes_ = 0;
-  float* x_ = nullptr;       // [kChunk, H] fp32 residual stream
-  void* h_ = nullptr;        // [kChunk, H] normed activations (16-bit)
+  float* x_ = nullptr;       // [chunk_, H] fp32 residual stream
+  void* h_ = nullptr;        // [chunk_, H] normed activations (16-bit)
   // qkv_, ab_ and logits_ share one region (never live at the same time).
-  float* qkv_ = nullptr;     // [kChunk, Q + 2KV] fp32 c_attn / q|k|v output (bias added in qkv_rope_append)
-  void* q_ = nullptr;        // [kChunk, n, d] roped, logn-scaled queries (16-bit)
-  void* att_ = nullptr;      // [kChunk, n * d] attention output (16-bit)
-  float* ab_ = nullptr;      // [kChunk, 2F] fp32 w1|w2 outputs (prefill)
-  void* g_ = nullptr;        // [kChunk, F] SwiGLU output (16-bit)
+  float* qkv_ = nullptr;     // [chunk_, Q + 2KV] fp32 c_attn / q|k|v output (bias added in qkv_rope_append)
+  void* q_ = nullptr;        // [chunk_, n, d] roped, logn-scaled queries (16-bit)
+  void* att_ = nullptr;      // [chunk_, n * d] attention output (16-bit)
+  float* ab_ = nullptr;      // [chunk_, 2F] fp32 w1|w2 outputs (prefill)
+  void* g_ = nullptr;        // [chunk_, F] SwiGLU output (16-bit)
   float* logits_ = nullptr;  // [kLmRows, V] fp32
-  int32_t* step_ = nullptr;  // [kChunk] ids, then pos0, then the argmax result (device)
+  int32_t* step_ = nullptr;  // [chunk_] ids, then pos0, then the argmax result (device)
   int32_t* pinned_ = nullptr;  // host mirror of step_ (pinned)
   void* xperm_ = nullptr;      // GPTQ: [16, max K] activations gathered through an act-order perm
   void* deq_ = nullptr;        // GPTQ: [deq_elems_] a slice of a layer dequantized for the prefill GEMM

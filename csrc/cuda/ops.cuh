@@ -42,8 +42,19 @@ void gemv_batched(float* y, int ldy, const void* x, const void* W, const float* 
 void gemm(float* y, const void* x, const void* W, const float* b, int T, int N, int K, bool accumulate, DT dt,
           cudaStream_t s);
 // As gemm, writing y rows with a stride of ldy >= N floats (a column slice of a wider output).
+// On an sm_90 device with at least kGemmSm90MinRows rows it runs gemm_sm90_ld, else gemm_mma_ld.
 void gemm_ld(float* y, int ldy, const void* x, const void* W, const float* b, int T, int N, int K, bool accumulate,
              DT dt, cudaStream_t s);
+// The two kernels behind gemm_ld (the kernel tests call each): mma.sync tiles for sm_80 and
+// newer (gemm.cu), and wgmma + TMA for sm_90 (gemm_sm90.cu; built when nvcc targets sm_90a:
+// QWEN_HAVE_SM90A). gemm_sm90_available(device): the device is cc 9.0, the kernel was built and
+// the driver encodes TMA descriptors; QWEN_GEMM=mma turns it off.
+void gemm_mma_ld(float* y, int ldy, const void* x, const void* W, const float* b, int T, int N, int K,
+                 bool accumulate, DT dt, cudaStream_t s);
+constexpr int kGemmSm90MinRows = 64;
+bool gemm_sm90_available(int device);
+void gemm_sm90_ld(float* y, int ldy, const void* x, const void* W, const float* b, int T, int N, int K,
+                  bool accumulate, DT dt, cudaStream_t s);
 // Decode MLP front half in one pass: g [F] (dt) = (W1 x + b1) * silu(W2 x + b2) with
 // W12 = [W1; W2] ([2F, K]) and b12 = [b1; b2] fp32 or null.
 void gemv_swiglu(void* g, const void* x, const void* W12, const float* b12, int F, int K, DT dt, cudaStream_t s);
@@ -122,7 +133,7 @@ struct GptqDev {
 };
 // The layout the backend repacks an int4/int8 layer of N columns into for activations of type dt:
 // with fp16, 1 (int4) for the v2 GEMV unless the environment sets QWEN_GPTQ_GEMV=v1, and 2 (int8,
-// N % 8 == 0) with QWEN_GPTQ_INT8_V2=1; 0 otherwise (int8 by default, bf16).
+// N % 8 == 0) unless QWEN_GPTQ_INT8_V2=0; 0 otherwise (bf16, or the v1 GEMV asked for).
 int gptq_layout_for(int bits, DT dt, int N);
 // Host side of the repack: permutation (empty = identity), chunk groups, metadata. Throws
 // qwen::Error naming the linear on what the GPU layout cannot hold (bits other than 4/8, K not a

@@ -254,29 +254,74 @@ void test_rmsnorm(DT dt, int T, int H) {
           dt == DT::BF16 ? 4e-3 : 2e-3);
 }
 
-// which: 0 = linear (dispatch), 1 = gemv, 2 = gemm
+// A random linear layer W [N, K] (+ b) and input x [T, K] on both sides, with the CPU twin's
+// product x W^T + b as the reference.
+struct LinearCase {
+  Half W, x;
+  std::vector<float> b, prod;
+  std::unique_ptr<Dev> dW, dx, db;
+  LinearCase(DT dt, int T, int N, int K, bool bias)
+      : W(rand16(int64_t(N) * K, -std::sqrt(3.0f / K), std::sqrt(3.0f / K), dt)),
+        x(rand16(int64_t(T) * K, -2, 2, dt)),
+        b(rand32(N, -0.5f, 0.5f)),
+        prod(size_t(T) * N) {
+    dW = upload(W.h);
+    dx = upload(x.h);
+    db = upload(b);
+    Linear l;
+    l.in = K;
+    l.out = N;
+    l.weight = Tensor{"w", dtype_of(dt), {N, K}, W.h.data()};
+    if (bias) l.bias = Tensor{"b", DType::F32, {N}, b.data()};
+    cpu::linear(prod.data(), x.f.data(), l, T, *g_pool);
+    if (!bias) b.clear();
+  }
+  const float* bias_dev() const { return b.empty() ? nullptr : db->as<float>(); }
+};
+
 void test_linear(DT dt, int T, int N, int K, bool bias, bool accumulate) {
-  Half W = rand16(int64_t(N) * K, -std::sqrt(3.0f / K), std::sqrt(3.0f / K), dt);
-  Half x = rand16(int64_t(T) * K, -2, 2, dt);
-  auto b = rand32(N, -0.5f, 0.5f);
+  LinearCase lc(dt, T, N, K, bias);
   auto y0 = rand32(int64_t(T) * N, -1, 1);
-  auto dW = upload(W.h), dx = upload(x.h), db = upload(b);
   Dev y(size_t(T) * N * 4);
   if (accumulate) y.put(y0);
-  cuda::linear(y.as<float>(), dx->p, dW->p, bias ? db->as<float>() : nullptr, T, N, K, accumulate, dt, S);
-  Linear l;
-  l.in = K;
-  l.out = N;
-  l.weight = Tensor{"w", dtype_of(dt), {N, K}, W.h.data()};
-  if (bias) l.bias = Tensor{"b", DType::F32, {N}, b.data()};
-  std::vector<float> ref(size_t(T) * N);
-  cpu::linear(ref.data(), x.f.data(), l, T, *g_pool);
+  cuda::linear(y.as<float>(), lc.dx->p, lc.dW->p, lc.bias_dev(), T, N, K, accumulate, dt, S);
+  std::vector<float> ref = lc.prod;
   if (accumulate)
     for (size_t i = 0; i < ref.size(); i++) ref[i] += y0[i];
   compare(std::string(T == 1 ? "linear/gemv " : T <= cuda::kGemvBatchMax ? "linear/gemv_batched " : "linear/gemm ") +
               cuda::dt_name(dt) + " T,N,K=" + sh({T, N, K}) +
               (bias ? " +bias" : "") + (accumulate ? " +=" : ""),
           y.get<float>(ref.size()), ref, 1e-4);
+}
+
+// Each prefill GEMM kernel on its own (gemm_mma_ld; gemm_sm90_ld where the device has it) against
+// the CPU twin, writing a column slice [col0, col0 + N) of rows ldy floats wide.
+void test_gemm_kernels(DT dt, int T, int N, int K, bool bias, bool accumulate, int ldy, int col0) {
+  LinearCase lc(dt, T, N, K, bias);
+  auto y0 = rand32(int64_t(T) * ldy, -1, 1);
+  // Expected: the whole [T, ldy] buffer, the slice replaced (or incremented), the rest untouched.
+  std::vector<float> ref = y0;
+  for (int t = 0; t < T; t++)
+    for (int c = 0; c < N; c++) {
+      float& r = ref[size_t(t) * ldy + col0 + c];
+      r = (accumulate ? r : 0.0f) + lc.prod[size_t(t) * N + c];
+    }
+  int dev = 0;
+  CHECK(cudaGetDevice(&dev));
+  for (int k = 0; k < 2; k++) {
+    if (k == 1 && !cuda::gemm_sm90_available(dev)) {
+      std::printf("     gemm_sm90 not available on this device: mma.sync only\n");
+      break;
+    }
+    Dev y(size_t(T) * ldy * 4);
+    y.put(y0);
+    (k ? cuda::gemm_sm90_ld : cuda::gemm_mma_ld)(y.as<float>() + col0, ldy, lc.dx->p, lc.dW->p, lc.bias_dev(), T, N,
+                                                K, accumulate, dt, S);
+    compare(std::string(k ? "gemm_sm90 " : "gemm_mma ") + cuda::dt_name(dt) + " T,N,K=" + sh({T, N, K}) +
+                (ldy != N ? " ldy " + std::to_string(ldy) + " col0 " + std::to_string(col0) : "") + (bias ? " +bias" : "") +
+                (accumulate ? " +=" : ""),
+            y.get<float>(ref.size()), ref, 1e-4);
+  }
 }
 
 void test_gemv_swiglu(DT dt, int F, int K, bool bias) {
@@ -855,22 +900,27 @@ void test_attention_prefill_int8(DT dt, int n, int d, int T, int pos0, int n_kv 
           get16(out, ref.size(), dt), ref, flash ? (dt == DT::BF16 ? 1e-2 : 4e-3) : (dt == DT::BF16 ? 4e-3 : 2e-3));
 }
 
-// Informal: 7B-shaped int4 g128 decode GEMVs, and the prefill path (dequantize + GEMM) at T=2048.
-void time_gptq() {
-  const DT dt = DT::F16;
+// Mean milliseconds per call of fn on stream S over reps calls, after 3 warm-up calls (events).
+template <typename Fn> double gpu_ms(Fn fn, int reps) {
   cudaEvent_t a, b;
   CHECK(cudaEventCreate(&a));
   CHECK(cudaEventCreate(&b));
-  auto elapsed = [&](auto fn, int reps) {
-    for (int i = 0; i < 3; i++) fn();
-    CHECK(cudaEventRecord(a, S));
-    for (int i = 0; i < reps; i++) fn();
-    CHECK(cudaEventRecord(b, S));
-    CHECK(cudaEventSynchronize(b));
-    float ms = 0;
-    CHECK(cudaEventElapsedTime(&ms, a, b));
-    return double(ms) / reps;
-  };
+  for (int i = 0; i < 3; i++) fn();
+  CHECK(cudaEventRecord(a, S));
+  for (int i = 0; i < reps; i++) fn();
+  CHECK(cudaEventRecord(b, S));
+  CHECK(cudaEventSynchronize(b));
+  float ms = 0;
+  CHECK(cudaEventElapsedTime(&ms, a, b));
+  CHECK(cudaEventDestroy(a));
+  CHECK(cudaEventDestroy(b));
+  return double(ms) / reps;
+}
+
+// Informal: 7B-shaped int4 g128 decode GEMVs, and the prefill path (dequantize + GEMM) at T=2048.
+void time_gptq() {
+  const DT dt = DT::F16;
+  auto elapsed = [](auto fn, int reps) { return gpu_ms(fn, reps); };
   for (int variant : {0, 1, 2, 3})  // int4 v1, int4 v2, int8 v1, int8 v2
     for (auto nk : std::vector<std::pair<int, int>>{{12288, 4096}, {4096, 4096}, {4096, 11008}, {22016, 4096}}) {
       const int N = nk.first, K = nk.second, bits = variant >= 2 ? 8 : 4;
@@ -1423,19 +1473,15 @@ void time_gemm(DT dt, int T, int N, int K) {
   Half W = rand16(int64_t(N) * K, -0.01f, 0.01f, dt, false), x = rand16(int64_t(T) * K, -1, 1, dt, false);
   auto dW = upload(W.h), dx = upload(x.h);
   Dev y(size_t(T) * N * 4);
-  cudaEvent_t a, b;
-  CHECK(cudaEventCreate(&a));
-  CHECK(cudaEventCreate(&b));
-  for (int i = 0; i < 3; i++) cuda::gemm(y.as<float>(), dx->p, dW->p, nullptr, T, N, K, false, dt, S);
-  const int reps = 20;
-  CHECK(cudaEventRecord(a, S));
-  for (int i = 0; i < reps; i++) cuda::gemm(y.as<float>(), dx->p, dW->p, nullptr, T, N, K, false, dt, S);
-  CHECK(cudaEventRecord(b, S));
-  CHECK(cudaEventSynchronize(b));
-  float ms = 0;
-  CHECK(cudaEventElapsedTime(&ms, a, b));
-  ms /= reps;
-  std::printf("time gemm T,N,K=%s: %.3f ms, %.0f TFLOP/s\n", sh({T, N, K}).c_str(), ms, 2.0 * T * N * K / ms / 1e9);
+  int dev = 0;
+  CHECK(cudaGetDevice(&dev));
+  for (int k = 0; k < (cuda::gemm_sm90_available(dev) ? 2 : 1); k++) {
+    const double ms = gpu_ms(
+        [&] { (k ? cuda::gemm_sm90_ld : cuda::gemm_mma_ld)(y.as<float>(), N, dx->p, dW->p, nullptr, T, N, K, false, dt, S); },
+        20);
+    std::printf("time %s T,N,K=%s: %.3f ms, %.0f TFLOP/s\n", k ? "gemm_sm90" : "gemm_mma", sh({T, N, K}).c_str(), ms,
+                2.0 * T * N * K / ms / 1e9);
+  }
 }
 
 void time_decode(DT dt, int H, int n, int F, int V, int L) {
@@ -1536,6 +1582,45 @@ void profile_decode(const char* tag, DT dt, int H, int n, int F, int V, int L, i
   CHECK(cudaProfilerStop());
 }
 
+// --filter profile_prefill: a 2048-token prompt through whole-size models (7B / 1.8B shapes, bf16),
+// timed on the host clock with 2 random layers repeated L times, then one more prompt through the
+// 2 distinct layers between cudaProfilerStart/Stop for ncu (each kernel's share of a layer).
+void profile_prefill(const char* tag, DT dt, int H, int n, int F, int V, int L, int bits) {
+  auto m = random_model(H, n, F, V, 2, 8192, dt, bits, bits ? 128 : 0, false);
+  const int T = 2048;
+  std::vector<int32_t> ids(static_cast<size_t>(T));
+  for (int i = 0; i < T; i++) ids[size_t(i)] = (i * 7919) % V;
+  std::vector<float> lg(static_cast<size_t>(V));
+  BackendOptions opt;
+  {
+    m->cfg.num_layers = L;
+    for (int i = 2; i < L; i++) m->w.layers.push_back(m->w.layers[size_t(i % 2)]);
+    auto b = make_cuda_backend(m->cfg, m->w, opt, nullptr);
+    auto c = b->new_cache(T + 16);
+    c->ntk_alpha = 1;
+    double best = 1e9;
+    for (int r = 0; r < 3; r++) {
+      c->length = 0;
+      auto t0 = std::chrono::steady_clock::now();
+      b->forward(*c, ids.data(), T, lg.data(), false);
+      best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    std::printf("profile_prefill %s: %d tokens in %.2f ms = %.0f tok/s\n", tag, T, best * 1e3, T / best);
+  }
+  m->cfg.num_layers = 2;
+  m->w.layers.resize(2);
+  auto b = make_cuda_backend(m->cfg, m->w, opt, nullptr);
+  auto c = b->new_cache(T + 16);
+  c->ntk_alpha = 1;
+  b->forward(*c, ids.data(), T, lg.data(), false);
+  c->length = 0;
+  CHECK(cudaDeviceSynchronize());
+  CHECK(cudaProfilerStart());
+  b->forward(*c, ids.data(), T, lg.data(), false);
+  CHECK(cudaDeviceSynchronize());
+  CHECK(cudaProfilerStop());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -1602,6 +1687,21 @@ int main(int argc, char** argv) {
       test_linear(DT::F16, 1, q ? 300 : 4096, q ? 128 : 4096, true, false);
       test_linear(DT::F16, q ? 40 : 200, q ? 300 : 4096, q ? 128 : 4096, true, true);
       test_linear(DT::F16, 16, q ? 300 : 4096, q ? 128 : 4096, true, true);
+    }
+    if (want("gemm")) {
+      // Tiles of 128 x 256 x 64 (sm90) and 128 x 128 x 32 (mma): exact tiles, row / column / K
+      // tails, a column slice of a wider output, the 7B / 1.8B prefill shapes at 2048 rows.
+      test_gemm_kernels(DT::BF16, 128, 256, 64, false, false, 256, 0);
+      test_gemm_kernels(DT::BF16, 257, 300, 200, true, true, 300, 0);
+      test_gemm_kernels(DT::F16, 190, 1000, 136, true, false, 1536, 512);
+      test_gemm_kernels(DT::BF16, 64, 17, 8, false, true, 17, 0);
+      if (!q) {
+        test_gemm_kernels(DT::BF16, 2048, 4096, 4096, false, true, 4096, 0);
+        test_gemm_kernels(DT::F16, 2048, 4096, 4096, true, false, 12288, 8192);
+        test_gemm_kernels(DT::BF16, 512, 22016, 4096, true, false, 22016, 0);
+        test_gemm_kernels(DT::BF16, 1000, 2048, 5504, false, true, 2048, 0);
+        test_gemm_kernels(DT::F16, 2048, 6144, 2048, true, false, 6144, 0);
+      }
     }
     if (want("gemv_swiglu")) {
       if (!q) {
@@ -1798,7 +1898,12 @@ int main(int argc, char** argv) {
                        4, 32, true);
       test_qwen2_model("gptq-int8-g64 H128 d64", true, 128, 4, 2, 64, 256, 1000, 2, 30, 3, false, DT::F16, true, false,
                        8, 64);
-      test_qwen2_model("long (2 prefill passes)", true, 128, 4, 2, 64, 256, 1000, 2, 600, 2, false, DT::BF16, false);
+      with_env("QWEN_PREFILL_CHUNK", "512", [&] {  // 600 tokens in passes of 512 and 88
+        test_qwen2_model("long (2 prefill passes)", true, 128, 4, 2, 64, 256, 1000, 2, 600, 2, false, DT::BF16, false);
+      });
+      // The default pass of 2048 rows: 2500 tokens in passes of 2048 and 452, rows past 64 take
+      // the sm90 GEMM on an H100.
+      test_qwen2_model("long (2 default passes)", true, 128, 4, 2, 64, 256, 1000, 2, 2500, 2, false, DT::BF16, false);
       with_env("QWEN_WTE_ON_DEVICE", "1", [&] {
         test_qwen2_model("fixture-shape d32 [wte on device, shared with lm_head]", false, 128, 4, 2, 32, 256, 1000, 2,
                          70, 3, true, DT::BF16, true);
@@ -1888,8 +1993,8 @@ int main(int argc, char** argv) {
         test_batched_decode("tiny gptq int4 g64 act-order", mq.get(), DT::F16, false, 6, 5);
         auto m8 = random_model(128, 2, 256, 1000, 2, 64, DT::F16, 8, 64, false);
         test_batched_decode("tiny gptq int8 g64", m8.get(), DT::F16, false, 7, 5);  // GEMV per row, then deq + GEMM
-        with_env("QWEN_GPTQ_INT8_V2", "1", [&] {  // the int8 v2 layout (opt-in) through the model
-          test_batched_decode("tiny gptq int8 g64 [int8 v2]", m8.get(), DT::F16, false, 7, 5);
+        with_env("QWEN_GPTQ_INT8_V2", "0", [&] {  // the int8 v1 layout (QWEN_GPTQ_INT8_V2=0) through the model
+          test_batched_decode("tiny gptq int8 g64 [int8 v1]", m8.get(), DT::F16, false, 7, 5);
         });
         if (!q) {
           auto m7q = random_model(4096, 32, 11008, 151936, 2, 8192, DT::F16, 4, 128, false);
@@ -1908,6 +2013,15 @@ int main(int argc, char** argv) {
       profile_decode("7b-bf16", DT::BF16, 4096, 32, 11008, 151936, 32, 0);
       profile_decode("1.8b-bf16", DT::BF16, 2048, 16, 5504, 151936, 24, 0);
       profile_decode("7b-int4", DT::F16, 4096, 32, 11008, 151936, 32, 4);
+    }
+    if (g_filter == "profile_prefill") {
+      profile_prefill("7b-bf16", DT::BF16, 4096, 32, 11008, 151936, 32, 0);
+      profile_prefill("1.8b-bf16", DT::BF16, 2048, 16, 5504, 151936, 24, 0);
+    }
+    if (g_filter == "time_gemm") {  // the prefill products of 7B and 1.8B at 2048 rows: N, K
+      const int nk[][2] = {{12288, 4096}, {4096, 4096}, {22016, 4096}, {4096, 11008},
+                           {6144, 2048},  {2048, 2048}, {11008, 2048}, {2048, 5504}};
+      for (const auto& s : nk) time_gemm(DT::BF16, 2048, s[0], s[1]);
     }
     if (timing && want("time_gptq")) time_gptq();
     if (timing && want("time") && g_filter != "time_gptq") {
