@@ -7,7 +7,8 @@
 // generates N tokens greedily (model.complete), and prints one JSON line:
 //   {impl: "qwen-native", shape, metric: "mem_generate", kv, prompt, new, alloc_bytes, smi_bytes}
 // alloc_bytes: the largest weights + kvCache + workspace that model.memory() reported (the bytes
-// our allocations hold; the KV cache is allocated for the whole contextLength up front);
+// our allocations hold; the generation's KV cache starts at P + 128 positions and takes its whole
+// P + N when the reply runs past 128 tokens, so the moment of that growth holds both);
 // smi_bytes: the largest nvidia-smi memory.used during the run minus its value before loading
 // (adds the CUDA context and driver overhead).
 import { spawn } from 'node:child_process';

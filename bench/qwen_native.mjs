@@ -17,7 +17,8 @@
 // - prefill_tok_s (tokens 2048): seq.eval of 2048 ids on a fresh sequence; one warm-up, then the
 //   median of `reps`. The decode prefills are reported too (tokens c, cold: first use).
 // - peak_mem_bytes, kind "model.memory()": the largest weights + kvCache + workspace seen (the KV
-//   cache is allocated per sequence for the whole contextLength, printed with it).
+//   cache of a sequence takes the whole contextLength, printed with it, once it holds more than 64
+//   positions).
 // - peak_mem_bytes, kind "nvidia-smi": the largest memory.used of the GPU sampled every 50 ms
 //   while this process runs: whole GPU, so it adds the CUDA context and anything else resident;
 //   baseline_bytes is the value before the model was loaded.

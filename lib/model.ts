@@ -204,9 +204,9 @@ function readJsonIfExists(file: string): Record<string, unknown> | null {
 }
 
 /**
- * One sequence: a KV cache that `eval` appends to. The cache (contextLength positions) is
- * allocated by the sequence's first eval or generation, on the native thread, so an
- * out-of-memory error surfaces there.
+ * One sequence: a KV cache that `eval` appends to. The cache is allocated by the sequence's first
+ * eval or generation, on the native thread, so an out-of-memory error surfaces there: 64
+ * positions, and the whole contextLength the first time the sequence needs more.
  */
 export class Sequence {
   #native: NativeSequence | null;

@@ -122,35 +122,44 @@ describe('the scheduler', () => {
   });
   after(() => model?.dispose());
 
-  test("a generation's own cache holds its prompt and new tokens, not the whole context", async () => {
-    // One position of this model's float cache, in bytes: a sequence made for eval has the whole
-    // contextLength (1024); a generation's internal one prompt + maxNewTokens.
+  test('a KV cache starts small and takes its limit only when the sequence outgrows the start', async () => {
+    // Bytes of one position of this model's float cache (fp32 on the CPU): 2 (K, V) x layers x heads x head_dim x 4.
+    const perPos = 2 * 2 * 2 * 64 * 4;
+    const kv = () => model.memory().kvCache;
     const seq = model.createSequence();
     await seq.eval(prompt(4, 9));
-    const full = model.memory().kvCache;
+    assert.equal(kv(), perPos * 64, 'a sequence starts with one block of 64 positions');
+    await seq.eval(prompt(60, 5));
+    assert.equal(kv(), perPos * 64, 'still within the block');
+    await seq.eval(prompt(6, 2)); // 70 positions: the whole contextLength (1024)
+    assert.equal(kv(), perPos * 1024);
     seq.dispose();
-    assert.equal(model.memory().kvCache, 0);
-    const perPos = full / 1024;
-    assert.ok(Number.isInteger(perPos) && perPos > 0, `cache bytes ${full}`);
-    const seen = [];
-    const it = model.generate(prompt(10, 3), { stop: [], temperature: 0, maxNewTokens: 6 });
-    for await (const _ of it) seen.push(model.memory().kvCache);
-    assert.ok(seen.length >= 5);
-    for (const b of seen) assert.equal(b, perPos * 16, `a generation of 10 + 6 positions holds ${b} bytes`);
-    assert.equal(model.memory().kvCache, 0, 'freed at the end');
-    // Its tokens are those of the same generation on a full-context sequence (greedy, eval loop).
-    const r = await model.complete(prompt(10, 3), { stop: [], temperature: 0, maxNewTokens: 6 });
+    assert.equal(kv(), 0);
+    // A generation's cache: limit prompt + maxNewTokens (310 here), allocated for the prompt and
+    // 128 new tokens (10 + 128, rounded up to 192), then grown to its limit as the reply runs on.
+    const seen = new Set();
+    const tokens = [];
+    for await (const c of model.generate(prompt(10, 3), { stop: [], temperature: 0, maxNewTokens: 300 })) {
+      seen.add(kv());
+      tokens.push(c.token);
+    }
+    // (While the engine's thread grows it, both allocations are briefly live: 192 + 310.)
+    const sizes = [...seen].map((b) => b / perPos);
+    assert.ok(sizes.includes(192) && sizes.includes(310), `sizes seen: ${sizes}`);
+    assert.ok(sizes.every((n) => [192, 310, 192 + 310].includes(n)), `sizes seen: ${sizes}`);
+    assert.equal(kv(), 0, 'freed at the end');
+    // Its tokens are those of a greedy eval loop, whose cache grew at another point (64 -> 1024).
     const s2 = model.createSequence();
     let logits = await s2.eval(prompt(10, 3));
     const ref = [];
-    for (let k = 0; k < 6; k++) {
+    for (let k = 0; k < 300; k++) {
       let best = 0;
       for (let v = 1; v < logits.length; v++) if (logits[v] > logits[best]) best = v;
       ref.push(best);
-      if (k < 5) logits = await s2.eval([best]);
+      if (k < 299) logits = await s2.eval([best]);
     }
     s2.dispose();
-    assert.deepEqual(r.tokens, ref);
+    assert.deepEqual(tokens, ref);
   });
 
   test('4 concurrent generations share forward passes (batchStats)', async (t) => {

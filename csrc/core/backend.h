@@ -18,11 +18,13 @@ namespace qwen {
 class KvCache {
  public:
   virtual ~KvCache() = default;
-  int capacity = 0;              // positions it can hold
+  int capacity = 0;              // positions allocated now
+  int limit = 0;                 // positions it may grow to (Model grows it on demand); 0 = capacity
   int length = 0;                // positions filled
   double ntk_alpha = 1.0;        // set by the prefill that filled an empty cache (SPEC 3.1)
   std::vector<int32_t> tokens;   // the ids at positions 0..length-1 (repetition penalty sees them)
   virtual size_t bytes() const = 0;
+  int max_positions() const { return limit > 0 ? limit : capacity; }
 };
 
 enum class KvCacheType { Float, Int8 };
@@ -59,6 +61,10 @@ class Backend {
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
   virtual std::unique_ptr<KvCache> new_cache(int capacity) = 0;
+  // Reallocates the cache for `capacity` (> cache.capacity) positions, keeping positions
+  // 0..length-1 (and its tokens, alpha and length). Throws Error when the memory is not there,
+  // leaving the cache as it was.
+  virtual void grow_cache(KvCache& cache, int capacity) = 0;
   // Feeds ids [n] at positions cache.length.. and writes their K/V there (the caller then
   // advances cache.length by n); writes logits of the last
   // position ([V] floats) or of every position ([n, V]) into host memory `logits`.

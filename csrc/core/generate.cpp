@@ -74,7 +74,7 @@ void Generation::advance(int n, float* logits, const int32_t* token, const std::
     }
   on_token(tok, false, lpp);
   if (int(generated_.size()) >= opt_.max_new_tokens) return finish(FinishReason::Length);
-  if (cache_.length >= cache_.capacity) return finish(FinishReason::ContextLimit);
+  if (cache_.length >= cache_.max_positions()) return finish(FinishReason::ContextLimit);
   if (check_abort(abort)) return;
   next_ = tok;
 }

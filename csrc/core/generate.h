@@ -20,9 +20,10 @@ struct GenerateOptions {
   // most likely alternatives (TokenLogprobs). This forgoes the backend's argmax (it needs the logits)
   // and copies each step's logits once; off, it costs nothing.
   int logprobs = -1;
-  // The positions a fresh cache for this generation needs at most (prompt + max_new_tokens): when
-  // the sequence has no cache yet, the engine sizes it min(this, contextLength), so short
-  // requests do not each reserve the whole context. 0: contextLength.
+  // The positions a fresh cache for this generation may need (prompt + max_new_tokens): when the
+  // sequence has no cache yet, the engine makes one whose limit is min(this, contextLength),
+  // allocated for the prompt and the first new tokens and grown as the reply runs on
+  // (Model::new_cache). 0: contextLength.
   int cache_positions = 0;
 };
 

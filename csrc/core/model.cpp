@@ -47,9 +47,21 @@ Engine& Model::engine() {
   return *engine_;
 }
 
-std::unique_ptr<KvCache> Model::new_cache(int capacity) {
+namespace {
+int round_up_block(int n) { return (n + Model::kKvBlock - 1) / Model::kKvBlock * Model::kKvBlock; }
+}  // namespace
+
+std::unique_ptr<KvCache> Model::new_cache(int limit, int initial) {
+  limit = limit > 0 ? std::min(limit, context_length_) : context_length_;
   std::lock_guard<std::mutex> lock(mu_);
-  return backend_->new_cache(capacity > 0 ? std::min(capacity, context_length_) : context_length_);
+  auto c = backend_->new_cache(std::min(limit, round_up_block(std::max(initial, 1))));
+  c->limit = limit;
+  return c;
+}
+
+void Model::reserve(KvCache& cache, int positions) {
+  if (positions <= cache.capacity) return;
+  backend_->grow_cache(cache, cache.max_positions());
 }
 
 void Model::validate(const KvCache& cache, const int32_t* ids, int n) const {
@@ -58,9 +70,9 @@ void Model::validate(const KvCache& cache, const int32_t* ids, int n) const {
     if (ids[i] < 0 || ids[i] >= cfg_.vocab_size)
       throw Error("token id " + std::to_string(ids[i]) + " at index " + std::to_string(i) +
                   " is out of range [0, " + std::to_string(cfg_.vocab_size) + ")");
-  if (cache.length + n > cache.capacity)
+  if (cache.length + n > cache.max_positions())
     throw Error("context length exceeded: " + std::to_string(cache.length) + " tokens in the sequence + " +
-                std::to_string(n) + " new > contextLength " + std::to_string(cache.capacity));
+                std::to_string(n) + " new > contextLength " + std::to_string(cache.max_positions()));
 }
 
 template <typename Run>
@@ -70,6 +82,7 @@ bool Model::step(KvCache& cache, const int32_t* ids, int n, Run run) {
   // qwen2/qwen3 configs set use_dynamic_ntk false: alpha stays 1 and rope uses rope_theta as is.
   // (Set even when `run` declines: forward sets the same value from the same n.)
   if (cache.length == 0) cache.ntk_alpha = cfg_.use_dynamic_ntk ? rope_ntk_alpha(n, cfg_.seq_length) : 1.0;
+  reserve(cache, cache.length + n);
   if (!run()) return false;
   cache.length += n;
   cache.tokens.insert(cache.tokens.end(), ids, ids + n);
@@ -90,6 +103,7 @@ bool Model::forward_argmax(KvCache& cache, const int32_t* ids, int n, int32_t* t
 void Model::forward_batch(std::vector<BatchItem>& items) {
   for (const BatchItem& it : items) validate(*it.cache, it.ids, it.n);
   std::lock_guard<std::mutex> lock(mu_);
+  for (BatchItem& it : items) reserve(*it.cache, it.cache->length + it.n);  // before any runs
   for (BatchItem& it : items) {
     it.argmax = false;
     if (it.cache->length == 0)

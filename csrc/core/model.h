@@ -35,8 +35,14 @@ class Model {
   const ModelConfig& config() const { return cfg_; }
   int context_length() const { return context_length_; }
   Backend& backend() { return *backend_; }
-  // A cache of min(capacity, contextLength) positions (capacity <= 0: contextLength).
-  std::unique_ptr<KvCache> new_cache(int capacity = 0);
+  // A cache that may hold min(limit, contextLength) positions (limit <= 0: contextLength),
+  // allocated for `initial` positions (whole blocks of kKvBlock, at least one) and, the first time
+  // forward / forward_batch need more, reallocated for its whole limit (one copy of what it
+  // holds; the old allocation is freed after it). A sequence that stays short holds memory for
+  // what it uses, not for all it may use; one growth bounds the copies and the moment's peak
+  // (old + limit, the old being small: see Engine for the generations' initial size).
+  static constexpr int kKvBlock = 64;
+  std::unique_ptr<KvCache> new_cache(int limit = 0, int initial = 0);
 
   // Throws Error for ids outside [0, vocab) or past the context; the cache is unchanged then.
   void forward(KvCache& cache, const int32_t* ids, int n, float* logits, bool all_logits);
@@ -57,6 +63,8 @@ class Model {
   // The one validation + bookkeeping path of forward and forward_argmax: `run` calls the backend
   // and returns whether it did the step (the cache advances only then).
   template <typename Run> bool step(KvCache& cache, const int32_t* ids, int n, Run run);
+  // Grows the cache (mu_ held) so that `positions` fit; validate has checked the limit.
+  void reserve(KvCache& cache, int positions);
   ModelConfig cfg_;
   std::unique_ptr<Checkpoint> checkpoint_;
   ModelWeights weights_;

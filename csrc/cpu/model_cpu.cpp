@@ -13,16 +13,19 @@ namespace qwen {
 
 namespace {
 
-struct CpuCache : KvCache {
-  int layers, heads, head_dim;  // heads: KV heads (n for QwenV1, n_kv for qwen2/qwen3)
-  bool int8;
-  // [L, n, capacity, d] (fp32 or uint8), plus [L, n, capacity] scales/zeros for int8. Left
-  // uninitialized: the OS commits pages as positions fill, so a long contextLength costs
-  // memory only when used.
+// A cache's storage for its capacity: [L, n, capacity, d] (fp32 or uint8), plus [L, n, capacity]
+// scales/zeros for int8. Left uninitialized: the OS commits pages as positions fill, so a long
+// contextLength costs memory only when used. (A base of CpuCache, so that growing can swap it.)
+struct CpuKvStorage {
   std::unique_ptr<float[]> k, v;
   std::unique_ptr<uint8_t[]> kq, vq;
   std::unique_ptr<float[]> ks, kz, vs, vz;
-  size_t count;
+  size_t count = 0;
+};
+
+struct CpuCache : KvCache, CpuKvStorage {
+  int layers, heads, head_dim;  // heads: KV heads (n for QwenV1, n_kv for qwen2/qwen3)
+  bool int8;
   std::shared_ptr<std::atomic<size_t>> live_bytes;  // the backend's count of KV bytes in use
   CpuCache(int L, int n, int d, int cap, bool quantized, std::shared_ptr<std::atomic<size_t>> live)
       : layers(L), heads(n), head_dim(d), int8(quantized), live_bytes(std::move(live)) {
@@ -45,6 +48,26 @@ struct CpuCache : KvCache {
     *live_bytes += bytes();
   }
   ~CpuCache() override { *live_bytes -= bytes(); }
+  // Positions 0..length-1 of every (layer, head) row into `to` (same shape, capacity >= length).
+  void copy_positions_to(CpuCache& to) const {
+    for (size_t r = 0; r < size_t(layers) * heads; r++) {
+      const size_t src = r * size_t(capacity), dst = r * size_t(to.capacity), n = size_t(length);
+      if (int8) {
+        std::memcpy(to.kq.get() + dst * head_dim, kq.get() + src * head_dim, n * head_dim);
+        std::memcpy(to.vq.get() + dst * head_dim, vq.get() + src * head_dim, n * head_dim);
+        for (auto [a, b] : {std::pair{&to.ks, &ks}, {&to.kz, &kz}, {&to.vs, &vs}, {&to.vz, &vz}})
+          std::memcpy(a->get() + dst, b->get() + src, n * 4);
+      } else {
+        std::memcpy(to.k.get() + dst * head_dim, k.get() + src * head_dim, n * head_dim * 4);
+        std::memcpy(to.v.get() + dst * head_dim, v.get() + src * head_dim, n * head_dim * 4);
+      }
+    }
+  }
+  // Exchanges the storage (and capacity) with `o`; the sequence state (length, tokens) stays.
+  void swap_storage(CpuCache& o) {
+    std::swap(static_cast<CpuKvStorage&>(*this), static_cast<CpuKvStorage&>(o));
+    std::swap(capacity, o.capacity);
+  }
   size_t layer_offset(int l) const { return size_t(l) * heads * size_t(capacity) * head_dim; }
   size_t row_offset(int l) const { return size_t(l) * heads * size_t(capacity); }
   // Writes position `pos`'s K and V rows (each [n, d], after rope) into layer l.
@@ -119,6 +142,14 @@ class CpuBackend : public Backend {
 
   std::unique_ptr<KvCache> new_cache(int capacity) override {
     return std::make_unique<CpuCache>(cfg_.num_layers, cfg_.num_kv_heads, cfg_.head_dim, capacity, int8_kv_, live_kv_);
+  }
+
+  void grow_cache(KvCache& base, int capacity) override {
+    CpuCache& c = dynamic_cast<CpuCache&>(base);
+    if (capacity <= c.capacity) return;
+    CpuCache fresh(c.layers, c.heads, c.head_dim, capacity, c.int8, c.live_bytes);
+    c.copy_positions_to(fresh);
+    c.swap_storage(fresh);  // fresh now holds the old storage and frees it
   }
 
   MemoryReport memory() const override {

@@ -117,13 +117,10 @@ struct DevLayer {
 
 class CudaBackend;
 
-class CudaCache : public KvCache {
- public:
-  const CudaBackend* owner = nullptr;
-  int device = 0;
+// A cache's device storage for its capacity (a base of CudaCache, so that growing can swap it).
+struct CudaKvStorage {
   void* mem = nullptr;  // one allocation: k, v [L, n_kv, cap, d], (int8: ksz, vsz [L, n_kv, cap]), inv_freq, partial
   size_t bytes_ = 0, layer_bytes = 0, sz_layer_bytes = 0;
-  bool int8 = false;    // uint8 k/v with (scale, zero) per (token, head); else the 16-bit type
   char* k = nullptr;
   char* v = nullptr;
   char* ksz = nullptr;
@@ -131,6 +128,13 @@ class CudaCache : public KvCache {
   float* inv_freq = nullptr;
   float* partial = nullptr;  // decode attention partials [n, splits, d + 2]
   int splits = 1;
+};
+
+class CudaCache : public KvCache, public CudaKvStorage {
+ public:
+  const CudaBackend* owner = nullptr;
+  int device = 0;
+  bool int8 = false;  // uint8 k/v with (scale, zero) per (token, head); else the 16-bit type
   double alpha_uploaded = -1.0;
   cudaGraphExec_t graph = nullptr;
   std::shared_ptr<std::atomic<size_t>> live;
@@ -142,6 +146,15 @@ class CudaCache : public KvCache {
     if (live) *live -= bytes_;
   }
   size_t bytes() const override { return bytes_; }
+  // Exchanges the device storage (and capacity) with `o`; the sequence state stays. The graph
+  // captured this cache's old pointers and the rope table must be uploaded again.
+  void swap_storage(CudaCache& o) {
+    std::swap(static_cast<CudaKvStorage&>(*this), static_cast<CudaKvStorage&>(o));
+    std::swap(capacity, o.capacity);
+    if (graph) cudaGraphExecDestroy(graph);
+    graph = nullptr;
+    alpha_uploaded = -1.0;
+  }
   void* k_layer(int l) { return k + size_t(l) * layer_bytes; }
   void* v_layer(int l) { return v + size_t(l) * layer_bytes; }
   cuda::KvQ8 kq(int l) {
@@ -195,6 +208,39 @@ class CudaBackend : public Backend {
   std::unique_ptr<KvCache> new_cache(int capacity) override {
     std::lock_guard<std::mutex> lock(mu_);
     CK(cudaSetDevice(dev_));
+    return make_cache(capacity);
+  }
+
+  // A new allocation of `capacity` positions; positions 0..length-1 of every layer's K and V
+  // (and int8 scale/zero pairs) copied over on the stream; then the two swap storage, so the
+  // old one is freed with `fresh`. The decode graph captured the old pointers: dropped.
+  void grow_cache(KvCache& base, int capacity) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    CK(cudaSetDevice(dev_));
+    CudaCache* c = dynamic_cast<CudaCache*>(&base);
+    if (!c || c->owner != this) throw Error("cuda: this KV cache was not made by this model");
+    if (capacity <= c->capacity) return;
+    std::unique_ptr<CudaCache> fresh = make_cache(capacity);
+    const int L = cfg_.num_layers, nkv = cfg_.num_kv_heads, d = cfg_.head_dim;
+    const size_t esz = c->int8 ? 1 : 2, len = size_t(c->length);
+    for (int l = 0; l < L; l++) {
+      for (int kv = 0; kv < 2; kv++) {
+        CK(cudaMemcpy2DAsync(kv ? fresh->v_layer(l) : fresh->k_layer(l), size_t(capacity) * d * esz,
+                             kv ? c->v_layer(l) : c->k_layer(l), size_t(c->capacity) * d * esz, len * d * esz, nkv,
+                             cudaMemcpyDeviceToDevice, stream_));
+        if (c->int8) {
+          char* to = (kv ? fresh->vsz : fresh->ksz) + size_t(l) * fresh->sz_layer_bytes;
+          const char* from = (kv ? c->vsz : c->ksz) + size_t(l) * c->sz_layer_bytes;
+          CK(cudaMemcpy2DAsync(to, size_t(capacity) * sizeof(float2), from, size_t(c->capacity) * sizeof(float2),
+                               len * sizeof(float2), nkv, cudaMemcpyDeviceToDevice, stream_));
+        }
+      }
+    }
+    CK(cudaStreamSynchronize(stream_));
+    c->swap_storage(*fresh);
+  }
+
+  std::unique_ptr<CudaCache> make_cache(int capacity) {
     if (capacity < 1) throw Error("cuda: a KV cache needs a capacity of at least 1 position");
     const int L = cfg_.num_layers, n = cfg_.num_heads, nkv = cfg_.num_kv_heads, d = cfg_.head_dim;
     auto c = std::make_unique<CudaCache>();

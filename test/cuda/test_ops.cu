@@ -1172,6 +1172,45 @@ void test_qwen2_model(const std::string& tag, bool qwen3, int H, int n, int n_kv
                  m.get(), prompt, steps, all_logits, dt, kv8, 1.0, t_start);
 }
 
+// grow_cache: a cache allocated for the prompt and grown (positions copied, K/V and int8 scale /
+// zero pairs) must give, step for step, exactly the logits of a cache allocated whole up front
+// (same kernels, same split count at the same capacity): on both backends.
+void test_cache_growth(const std::string& tag, RandomModel* m, int prompt, int steps, bool kv8) {
+  const int V = m->cfg.vocab_size, cap = prompt + steps;
+  BackendOptions opt;
+  if (kv8) opt.kv_cache = KvCacheType::Int8;
+  auto cpu_b = make_cpu_backend(m->cfg, m->w, opt, nullptr);
+  auto gpu_b = make_cuda_backend(m->cfg, m->w, opt, nullptr);
+  std::vector<int32_t> ids(static_cast<size_t>(prompt));
+  Rng rng(g_seed++);
+  for (auto& i : ids) i = int32_t(rng.next() % uint64_t(V));
+  for (Backend* b : {cpu_b.get(), gpu_b.get()}) {
+    auto whole = b->new_cache(cap), grown = b->new_cache(prompt);
+    std::vector<float> lw(static_cast<size_t>(V)), lg(static_cast<size_t>(V));
+    b->forward(*whole, ids.data(), prompt, lw.data(), false);
+    b->forward(*grown, ids.data(), prompt, lg.data(), false);
+    whole->length = grown->length = prompt;
+    const size_t before = grown->bytes();
+    b->grow_cache(*grown, cap);
+    bool same = lw == lg && grown->capacity == cap && grown->bytes() > before;
+    double worst = 0;
+    for (int s = 0; s < steps; s++) {
+      int32_t next = int32_t(std::max_element(lw.begin(), lw.end()) - lw.begin());
+      b->forward(*whole, &next, 1, lw.data(), false);
+      b->forward(*grown, &next, 1, lg.data(), false);
+      whole->length++;
+      grown->length++;
+      for (int v = 0; v < V; v++) worst = std::max(worst, double(std::fabs(lw[size_t(v)] - lg[size_t(v)])));
+    }
+    same = same && worst == 0.0;
+    if (!same) g_failures++;
+    g_cases++;
+    std::printf("%-4s cache growth %s%s on %s: prefill %d, grown %d -> %d, %d steps, max |whole - grown| %.3e\n",
+                same ? "ok" : "FAIL", tag.c_str(), kv8 ? " kv8" : "", b->name().c_str(), prompt, prompt, cap, steps,
+                worst);
+  }
+}
+
 // Runs fn with the environment variable name set to value (restored after).
 template <typename Fn> void with_env(const char* name, const char* value, Fn fn) {
   const char* old = std::getenv(name);
@@ -1951,11 +1990,18 @@ int main(int argc, char** argv) {
       // tiny fixture shape (H 128, n 2, d 64, F 256, V 1000, S 64): prompt 70 > S: NTK alpha 3, logn on.
       test_model("tiny", 128, 2, 256, 1000, 2, 64, 70, 4, true, DT::BF16);
       test_model("tiny", 128, 2, 256, 1000, 2, 64, 20, 3, true, DT::F16);
+      {
+        auto mg = random_model(128, 2, 256, 1000, 2, 64, DT::BF16);
+        test_cache_growth("tiny", mg.get(), 40, 90, false);
+        test_cache_growth("tiny", mg.get(), 40, 90, true);
+        auto mq = random_qwen2_model(true, 256, 8, 2, 32, 512, 1000, 2, DT::BF16, false);
+        test_cache_growth("qwen3 gqa 8/2", mq.get(), 33, 40, false);
+      }
       // chat fixture shape (H 16, n 2, d 8, F 32, V 151936).
       test_model("chat-tiny", 16, 2, 32, q ? 1000 : 151936, 2, 8192, 9, 3, false, DT::BF16);
       if (!q) {
-        // more than one internal prefill pass (512 tokens each)
-        test_model("tiny-long", 128, 2, 256, 1000, 2, 64, 1100, 2, false, DT::BF16);
+        // more than one internal prefill pass (2048 tokens each)
+        test_model("tiny-long", 128, 2, 256, 1000, 2, 64, 2600, 2, false, DT::BF16);
         // 7B shapes, 2 layers; S = 16 so the prompt of 20 gets NTK alpha 3 and logn scaling.
         test_model("7B-shaped-2L", 4096, 32, 11008, 151936, 2, 16, 20, 4, false, DT::BF16);
       }
