@@ -63,7 +63,6 @@ int32_t sample_token(float* logits, int vocab, const SamplingOptions& opt, const
   // Scratch reused across tokens (a generation samples on one thread): no per-token allocation
   // of vocabulary-sized buffers.
   thread_local std::vector<uint8_t> seen;
-  thread_local std::vector<int32_t> idx;
   if (opt.repetition_penalty != 1.0f) {
     // Each distinct id is penalised once, as torch's gather/scatter does.
     if (seen.size() < size_t(vocab)) seen.assign(size_t(vocab), 0);
@@ -82,58 +81,74 @@ int32_t sample_token(float* logits, int vocab, const SamplingOptions& opt, const
   if (opt.temperature != 1.0f)
     for (int i = 0; i < vocab; i++) logits[i] /= opt.temperature;
 
-  // Candidates: top-k keeps every id tied with the k-th (as HF's `scores < kth_value` test does).
-  idx.resize(size_t(vocab));
-  std::iota(idx.begin(), idx.end(), 0);
+  // The candidates as (logit, weight, id) records, contiguous so that the selections below run
+  // over memory in order rather than through the logits by index. Top-k keeps every id tied with
+  // the k-th (as HF's `scores < kth_value` test does).
+  struct Cand {
+    float l, w;
+    int32_t id;
+  };
+  thread_local std::vector<Cand> c;
+  c.resize(size_t(vocab));
+  for (int i = 0; i < vocab; i++) c[size_t(i)] = Cand{logits[i], 0.0f, int32_t(i)};
   size_t keep = size_t(vocab);
   if (opt.top_k > 0 && opt.top_k < vocab) {
-    std::nth_element(idx.begin(), idx.begin() + (opt.top_k - 1), idx.end(),
-                     [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
-    float kth = logits[idx[size_t(opt.top_k - 1)]];
-    auto mid = std::partition(idx.begin(), idx.end(), [&](int32_t a) { return logits[a] >= kth; });
-    keep = size_t(mid - idx.begin());
+    std::nth_element(c.begin(), c.begin() + (opt.top_k - 1), c.end(), [](const Cand& a, const Cand& b) { return a.l > b.l; });
+    const float kth = c[size_t(opt.top_k - 1)].l;
+    keep = size_t(std::partition(c.begin(), c.end(), [kth](const Cand& a) { return a.l >= kth; }) - c.begin());
   }
   float mx = -INFINITY;
-  for (size_t i = 0; i < keep; i++) mx = std::max(mx, logits[idx[i]]);
+  for (size_t i = 0; i < keep; i++) mx = std::max(mx, c[i].l);
+  // Unnormalized probabilities: exp in fp32 (torch's softmax precision; a float64 exp per
+  // vocabulary entry cost milliseconds a token), sums in float64.
   double total = 0;
-  for (size_t i = 0; i < keep; i++) total += std::exp(double(logits[idx[i]] - mx));
-  std::vector<double> p;
-  double sum = total;
+  for (size_t i = 0; i < keep; i++) total += c[i].w = std::exp(c[i].l - mx);
   if (opt.top_p < 1.0f) {
     // HF sorts ascending and drops the tokens whose cumulative probability is <= 1 - top_p,
-    // keeping at least the most likely one. Only the head that holds more than top_p of the
-    // mass can survive, so sort a growing prefix instead of the whole vocabulary.
-    auto by_logit = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
-    size_t m = std::min(keep, size_t(64));
-    double head = 0;
-    for (;;) {
-      std::partial_sort(idx.begin(), idx.begin() + long(m), idx.begin() + long(keep), by_logit);
-      p.resize(m);
-      head = 0;
-      for (size_t i = 0; i < m; i++) head += p[i] = std::exp(double(logits[idx[i]] - mx));
-      if (m == keep || head / total > double(opt.top_p)) break;
-      m = std::min(keep, m * 4);
+    // keeping at least the most likely one: what is kept is the shortest head of the order
+    // (logit descending, then id ascending) whose mass reaches top_p. Found by a weighted
+    // quickselect in expected linear time (a flat distribution's nucleus can hold most of the
+    // vocabulary; sorting it cost tens of ms a token): c[0, lo) is known to be in the head,
+    // with mass `acc`, and the head ends inside c[lo, hi).
+    auto before = [](const Cand& a, const Cand& b) { return a.l > b.l || (a.l == b.l && a.id < b.id); };
+    const double target = double(opt.top_p) * total;
+    size_t lo = 0, hi = keep;
+    double acc = 0;
+    while (hi - lo > 1) {
+      // median of three as the pivot, moved to the end of the range
+      const size_t mid = lo + (hi - lo) / 2;
+      if (before(c[hi - 1], c[lo])) std::swap(c[lo], c[hi - 1]);
+      if (before(c[mid], c[lo])) std::swap(c[mid], c[lo]);
+      if (before(c[hi - 1], c[mid])) std::swap(c[mid], c[hi - 1]);
+      std::swap(c[mid], c[hi - 1]);
+      const Cand pv = c[hi - 1];
+      const size_t m = size_t(std::partition(c.begin() + long(lo), c.begin() + long(hi - 1),
+                                             [&](const Cand& a) { return before(a, pv); }) -
+                              c.begin());
+      double mass = 0;
+      for (size_t i = lo; i < m; i++) mass += c[i].w;
+      if (m > lo && acc + mass >= target) {
+        hi = m;  // the head ends among the ids before the pivot
+        continue;
+      }
+      std::swap(c[m], c[hi - 1]);  // the pivot right after them: in the head too
+      acc += mass + pv.w;
+      if (acc >= target) {
+        lo = hi = m + 1;
+        break;
+      }
+      lo = m + 1;
     }
-    double cum = (total - head) / total, cut = 1.0 - double(opt.top_p);  // the unsorted tail is all dropped
-    size_t n = m;
-    while (n > 1) {
-      cum += p[n - 1] / total;
-      if (cum > cut) break;
-      n--;
-    }
-    keep = n;
-    sum = 0;
-    for (size_t i = 0; i < keep; i++) sum += p[i];
-  } else {
-    p.resize(keep);
-    for (size_t i = 0; i < keep; i++) p[i] = std::exp(double(logits[idx[i]] - mx));
+    keep = hi;  // [lo, hi) holds at most one id, the head's last
   }
+  double sum = 0;
+  for (size_t i = 0; i < keep; i++) sum += c[i].w;
   double u = rng.uniform() * sum;
   for (size_t i = 0; i < keep; i++) {
-    u -= p[i];
-    if (u < 0) return idx[i];
+    u -= c[i].w;
+    if (u < 0) return c[i].id;
   }
-  return idx[keep - 1];
+  return c[keep - 1].id;
 }
 
 }  // namespace qwen
