@@ -2,7 +2,7 @@
 // chunked prefill equals one-shot prefill).
 // q [T, n, d] (bf16/fp16) at positions pos0..pos0+T-1; K/V cache [n_kv, cap, d] already holding
 // positions 0..pos0+T-1; query t sees keys 0..pos0+t. out [T, n, d].
-// Design (FlashAttention-2 style): grid (ceil(T*g/64), n_kv), 4 warps; a block owns 64 query rows
+// Design (FlashAttention-2 style): grid (n_kv, ceil(T*g/64)), the last row tile first, 4 warps; a block owns 64 query rows
 // of one KV head, each warp 16 rows whose Q fragments stay in registers. GQA (g = n / n_kv query
 // heads per KV head): row r of a KV head's query matrix is (token r / g, query head hk*g + r % g),
 // each row with its own causal limit, so the K/V tiles a block loads into shared memory serve all
@@ -16,6 +16,8 @@
 // Limits: d = 64 or 128 (shared memory 46 KB / 87 KB); other head sizes use attention_decode's
 // split kernel (see model_cuda.cu).
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "ops.cuh"
 
@@ -32,7 +34,7 @@ template <typename T, int D, bool Q8>
 __global__ void __launch_bounds__(kThreads)
     flash_prefill_kernel(T* __restrict__ out, const T* __restrict__ q, const void* __restrict__ kc,
                          const void* __restrict__ vc, const float2* __restrict__ ksz, const float2* __restrict__ vsz,
-                         int cap, int pos0, int T_, int n, int g, float scale_log2) {
+                         int cap, int pos0, int T_, int n, int g, float scale_log2, bool heavy_first) {
   constexpr int LD = D + 8, CPR = D / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);  // [BQ][LD]
@@ -40,7 +42,11 @@ __global__ void __launch_bounds__(kThreads)
   T* sV = sK + 2 * BKV * LD;               // [2][BKV][LD]
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   // Rows of the query tile: row r = token * g + i is query head hk * g + i of token r / g.
-  const int hk = blockIdx.y, r0 = blockIdx.x * BQ, R = T_ * g;
+  // Grid (n_kv, row tiles), the last row tile first: causal tiles grow with the row, and the
+  // longest ones, started first, leave short ones to fill the last wave. (QWEN_PREFILL_ORDER=0:
+  // the old order, grid (row tiles, n_kv) from the first tile.)
+  const int hk = heavy_first ? blockIdx.x : blockIdx.y;
+  const int r0 = (heavy_first ? gridDim.y - 1 - blockIdx.y : blockIdx.x) * BQ, R = T_ * g;
   const int q_rows = min(BQ, R - r0);
   const int kv_len = pos0 + (r0 + q_rows - 1) / g + 1;  // this block needs keys 0..kv_len-1
   const int ntiles = (kv_len + BKV - 1) / BKV;
@@ -211,8 +217,15 @@ void launch_flash(void* out, const void* q, const void* k_cache, const void* v_c
   CK(cudaFuncSetAttribute(flash_prefill_kernel<T, D, Q8>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   const float scale_log2 = float(1.0 / std::sqrt(double(D)) * 1.4426950408889634);
   const int g = n / n_kv;
-  flash_prefill_kernel<T, D, Q8><<<dim3(ceil_div(rows * g, BQ), n_kv), kThreads, smem, s>>>(
-      static_cast<T*>(out), static_cast<const T*>(q), k_cache, v_cache, ksz, vsz, cap, pos0, rows, n, g, scale_log2);
+  static const bool heavy_first = [] {
+    const char* e = std::getenv("QWEN_PREFILL_ORDER");
+    return !(e && std::strcmp(e, "0") == 0);
+  }();
+  const int tiles = ceil_div(rows * g, BQ);
+  const dim3 grid = heavy_first ? dim3(n_kv, tiles) : dim3(tiles, n_kv);
+  flash_prefill_kernel<T, D, Q8><<<grid, kThreads, smem, s>>>(static_cast<T*>(out), static_cast<const T*>(q), k_cache,
+                                                              v_cache, ksz, vsz, cap, pos0, rows, n, g, scale_log2,
+                                                              heavy_first);
   CK_LAUNCH("flash_prefill_kernel");
 }
 
