@@ -1612,7 +1612,15 @@ void profile_decode(const char* tag, DT dt, int H, int n, int F, int V, int L, i
     const double bs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / bsteps;
     std::printf("profile %s: batched decode B=%d: step %.3f ms = %.1f tok/s (%.2fx batch 1)\n", tag, B, bs * 1e3,
                 B / bs, B / bs * sa);
+    if (B == 16 && std::getenv("QWEN_PROFILE_BATCHED")) {  // ncu: this batched step instead of the single one
+      CHECK(cudaDeviceSynchronize());
+      CHECK(cudaProfilerStart());
+      bstep();
+      CHECK(cudaDeviceSynchronize());
+      CHECK(cudaProfilerStop());
+    }
   }
+  if (std::getenv("QWEN_PROFILE_BATCHED")) return;
   CHECK(cudaDeviceSynchronize());
   CHECK(cudaProfilerStart());
   b->forward(*c, ids.data(), 1, lg.data(), false);
