@@ -152,6 +152,14 @@ void Engine::step() {
     } else {
       a.gen->input(1, &it.ids, &it.n);
     }
+    try {
+      // The cache's growth (if it needs one) here, per sequence: an allocation that fails ends
+      // this generation only, not the whole step's.
+      model_.make_room(*it.cache, it.n);
+    } catch (const std::exception& e) {
+      finish(a, e.what());
+      continue;
+    }
     it.logits = a.logits.data();
     it.token_out = a.gen->argmax_ok() ? &a.token : nullptr;
     items.push_back(it);

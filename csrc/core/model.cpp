@@ -59,6 +59,11 @@ std::unique_ptr<KvCache> Model::new_cache(int limit, int initial) {
   return c;
 }
 
+void Model::make_room(KvCache& cache, int n) {
+  std::lock_guard<std::mutex> lock(mu_);
+  reserve(cache, std::min(cache.length + n, cache.max_positions()));
+}
+
 void Model::reserve(KvCache& cache, int positions) {
   if (positions <= cache.capacity) return;
   backend_->grow_cache(cache, cache.max_positions());

@@ -53,6 +53,10 @@ class Model {
   // as forward (all of them before any runs: on an error no cache has changed), serialized with
   // forward, and every cache advanced by its item's n.
   void forward_batch(std::vector<BatchItem>& items);
+  // Grows the cache now if n more positions (up to its limit) do not fit; forward and
+  // forward_batch do it themselves, the Engine calls it per sequence first so that a failed
+  // allocation (an Error; the cache unchanged) ends one generation, not a whole step.
+  void make_room(KvCache& cache, int n);
   // The checks of forward: throws the same Error for n = 0, ids out of range or no room left.
   void validate(const KvCache& cache, const int32_t* ids, int n) const;
 

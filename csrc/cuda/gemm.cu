@@ -127,9 +127,6 @@ void gemm_ld(float* y, int ldy, const void* x, const void* W, const float* b, in
     int dev = 0;
     CK(cudaGetDevice(&dev));
     if (gemm_sm90_available(dev)) {
-      if (ldy < N) throw Error("cuda: gemm_ld needs ldy >= N");
-      if (K % 8 != 0 || (reinterpret_cast<uintptr_t>(W) & 15) || (reinterpret_cast<uintptr_t>(x) & 15))
-        throw Error("cuda: gemm needs K % 8 == 0 and 16-byte aligned operands (K = " + std::to_string(K) + ")");
       gemm_sm90_ld(y, ldy, x, W, b, T, N, K, accumulate, dt, s);
       return;
     }
@@ -145,11 +142,17 @@ void gemm_sm90_ld(float*, int, const void*, const void*, const float*, int, int,
 }
 #endif
 
-void gemm_mma_ld(float* y, int ldy, const void* x, const void* W, const float* b, int T, int N, int K,
-                 bool accumulate, DT dt, cudaStream_t s) {
-  if (ldy < N) throw Error("cuda: gemm_ld needs ldy >= N");
+void check_gemm_args(int ldy, const void* x, const void* W, int T, int N, int K) {
+  if (T < 1 || N < 1 || K < 1 || ldy < N)
+    throw Error("cuda: gemm needs T, N, K >= 1 and ldy >= N (T, N, K, ldy = " + std::to_string(T) + ", " +
+                std::to_string(N) + ", " + std::to_string(K) + ", " + std::to_string(ldy) + ")");
   if (K % 8 != 0 || (reinterpret_cast<uintptr_t>(W) & 15) || (reinterpret_cast<uintptr_t>(x) & 15))
     throw Error("cuda: gemm needs K % 8 == 0 and 16-byte aligned operands (K = " + std::to_string(K) + ")");
+}
+
+void gemm_mma_ld(float* y, int ldy, const void* x, const void* W, const float* b, int T, int N, int K,
+                 bool accumulate, DT dt, cudaStream_t s) {
+  check_gemm_args(ldy, x, W, T, N, K);
   dim3 grid(ceil_div(N, BN), ceil_div(T, BM));
   QWEN_DISPATCH_DT(dt, E, {
     CK(cudaFuncSetAttribute(gemm_kernel<E>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));

@@ -208,8 +208,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
         *p = make_float2(v0, v1);
       } else {
-        if (c < N) yr[c] = (accumulate ? yr[c] : 0.0f) + v0 + (b ? b[c] : 0.0f);
-        if (c + 1 < N) yr[c + 1] = (accumulate ? yr[c + 1] : 0.0f) + v1 + (b ? b[c + 1] : 0.0f);
+        // the same order as the vector path: (product + bias), then + y
+        if (c < N) yr[c] = (v0 + (b ? b[c] : 0.0f)) + (accumulate ? yr[c] : 0.0f);
+        if (c + 1 < N) yr[c + 1] = (v1 + (b ? b[c + 1] : 0.0f)) + (accumulate ? yr[c + 1] : 0.0f);
       }
     }
   }
@@ -230,8 +231,12 @@ EncodeTiled encode_fn() {
     if (e && std::strcmp(e, "mma") == 0) return EncodeTiled(nullptr);
     void* p = nullptr;
     cudaDriverEntryPointQueryResult q{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) != cudaSuccess ||
-        q != cudaDriverEntryPointSuccess) {
+#if CUDART_VERSION >= 12050
+    const cudaError_t r = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q);
+#else  // the by-version query is CUDA 12.5's; 12.0-12.4 have only this one
+    const cudaError_t r = cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &p, cudaEnableDefault, &q);
+#endif
+    if (r != cudaSuccess || q != cudaDriverEntryPointSuccess) {
       cudaGetLastError();
       return EncodeTiled(nullptr);
     }
@@ -276,6 +281,7 @@ bool gemm_sm90_available(int device) {
 
 void gemm_sm90_ld(float* y, int ldy, const void* x, const void* W, const float* b, int T, int N, int K,
                   bool accumulate, DT dt, cudaStream_t s) {
+  check_gemm_args(ldy, x, W, T, N, K);
   EncodeTiled enc = encode_fn();
   if (!enc) throw Error("cuda: gemm_sm90_ld: the driver has no cuTensorMapEncodeTiled");
   const CUtensorMap tmA = tensor_map(enc, x, T, K, BM, dt), tmW = tensor_map(enc, W, N, K, BN, dt);

@@ -69,8 +69,8 @@ namespace {
 // 128 x 256 tiles of the sm90 GEMM enough blocks to fill the GPU on 1.8B's 2048-wide products;
 // the workspace grows with it (7B: ~0.3 GB at 2048).
 constexpr int kDefaultChunk = 2048;
-// Prompt tokens per sequence the Engine feeds in one step (prefill_chunk()): smaller than a pass,
-// so that the other sequences' decoding goes on between a long prompt's passes.
+// Prompt tokens the Engine feeds in one step, over all its sequences (prefill_chunk()): smaller
+// than a pass, so that the other sequences' decoding goes on between a long prompt's passes.
 constexpr int kEngineChunk = 512;
 constexpr int kLmRows = 64;         // lm_head rows per pass when every position's logits are wanted
 // Decode attention: split-KV ranges per (KV head, query) at most. The kernel sizes the ranges from
@@ -223,7 +223,7 @@ class CudaBackend : public Backend {
     std::unique_ptr<CudaCache> fresh = make_cache(capacity);
     const int L = cfg_.num_layers, nkv = cfg_.num_kv_heads, d = cfg_.head_dim;
     const size_t esz = c->int8 ? 1 : 2, len = size_t(c->length);
-    for (int l = 0; l < L; l++) {
+    for (int l = 0; l < L && len > 0; l++) {
       for (int kv = 0; kv < 2; kv++) {
         CK(cudaMemcpy2DAsync(kv ? fresh->v_layer(l) : fresh->k_layer(l), size_t(capacity) * d * esz,
                              kv ? c->v_layer(l) : c->k_layer(l), size_t(c->capacity) * d * esz, len * d * esz, nkv,

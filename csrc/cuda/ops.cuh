@@ -52,6 +52,8 @@ void gemm_ld(float* y, int ldy, const void* x, const void* W, const float* b, in
 void gemm_mma_ld(float* y, int ldy, const void* x, const void* W, const float* b, int T, int N, int K,
                  bool accumulate, DT dt, cudaStream_t s);
 constexpr int kGemmSm90MinRows = 64;
+// Throws qwen::Error unless T, N, K >= 1, ldy >= N, K % 8 == 0 and x, W are 16-byte aligned.
+void check_gemm_args(int ldy, const void* x, const void* W, int T, int N, int K);
 bool gemm_sm90_available(int device);
 void gemm_sm90_ld(float* y, int ldy, const void* x, const void* W, const float* b, int T, int N, int K,
                   bool accumulate, DT dt, cudaStream_t s);
