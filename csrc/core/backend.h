@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "config.h"
+#include "sampler.h"
 #include "weights.h"
 
 namespace qwen {
@@ -41,16 +42,35 @@ struct MemoryReport {
 
 using ProgressFn = std::function<void(double fraction)>;
 
+// How a step's token is chosen (SPEC 8), for a backend that can choose it where the logits are:
+// the options, the distinct ids the repetition penalty applies to (the sequence's ids and this
+// step's), and the uniform draw in [0, 1) that the host's sample_token would use.
+struct TokenChoice {
+  SamplingOptions sampling;
+  const int32_t* penalty_ids = nullptr;
+  int n_penalty_ids = 0;
+  double u = 0;
+};
+
+// Whether a choice is the plain argmax of the raw logits (null, or greedy without a penalty).
+inline bool plain_argmax(const TokenChoice* c) {
+  return !c || ((!c->sampling.do_sample || c->sampling.temperature <= 0.0f) && c->sampling.repetition_penalty == 1.0f);
+}
+
 // One sequence's part of a batched forward pass (Backend::forward_batch).
 struct BatchItem {
   KvCache* cache = nullptr;
   const int32_t* ids = nullptr;  // [n], fed at positions cache->length..
   int n = 0;
   float* logits = nullptr;        // [V]: the logits of the item's last position
-  // Greedy without a penalty: where non-null, the backend may write the argmax of the last
-  // position's logits here instead of the logits (Backend::forward_argmax), and sets `argmax` then.
+  // Where non-null, the backend may write the step's token here instead of the logits (the
+  // argmax of the last position's logits, as Backend::forward_argmax, or as `choice` says), and
+  // sets `argmax` then.
   int32_t* token_out = nullptr;
   bool argmax = false;
+  // With token_out: choose the token this way instead of the plain argmax (null: the argmax). A
+  // backend that cannot leaves `argmax` false and gives the logits.
+  const TokenChoice* choice = nullptr;
   // Model::forward_batch only: the prefill length that fixes the NTK alpha of an empty cache
   // (a prompt fed in chunks takes the alpha of the whole prompt); 0 = n.
   int ntk_len = 0;
@@ -81,7 +101,7 @@ class Backend {
   // can share one pass over the weights among the items overrides it.
   virtual void forward_batch(std::vector<BatchItem>& items) {
     for (BatchItem& it : items) {
-      it.argmax = it.token_out && forward_argmax(*it.cache, it.ids, it.n, it.token_out);
+      it.argmax = it.token_out && plain_argmax(it.choice) && forward_argmax(*it.cache, it.ids, it.n, it.token_out);
       if (!it.argmax) forward(*it.cache, it.ids, it.n, it.logits, false);
     }
   }

@@ -161,7 +161,10 @@ void Engine::step() {
       continue;
     }
     it.logits = a.logits.data();
-    it.token_out = a.gen->argmax_ok() ? &a.token : nullptr;
+    if (a.gen->choice_ok() && a.gen->chooses_after(it.n)) {
+      it.token_out = &a.token;
+      it.choice = a.gen->choice(it.ids, it.n);
+    }
     items.push_back(it);
     who.push_back(&a);
   }
@@ -173,7 +176,7 @@ void Engine::step() {
       for (size_t i = 0; i < items.size(); i++) {
         Active& a = *who[i];
         try {
-          if (items[i].token_out && !items[i].argmax) a.gen->no_argmax();  // the backend gave logits
+          if (items[i].token_out && !items[i].argmax) a.gen->no_choice();  // the backend gave logits
           a.gen->advance(items[i].n, a.logits.data(), items[i].argmax ? &a.token : nullptr, *a.req.abort,
                          a.req.on_token);
           if (a.gen->finished()) finish(a, "");

@@ -31,6 +31,29 @@ Generation::Generation(KvCache& cache, std::vector<int32_t> prompt, const Genera
   // logits themselves.
   const SamplingOptions& so = opt.sampling;
   argmax_ok_ = (!so.do_sample || so.temperature <= 0.0f) && so.repetition_penalty == 1.0f && opt.logprobs < 0;
+  choice_ok_ = opt.logprobs < 0;
+  choice_.sampling = so;
+}
+
+const TokenChoice* Generation::choice(const int32_t* ids, int n) {
+  const SamplingOptions& so = opt_.sampling;
+  if (so.repetition_penalty != 1.0f) {
+    if (seen_.empty()) seen_.assign(size_t(vocab_), 0);
+    auto see = [&](int32_t id) {
+      if (id >= 0 && id < vocab_ && !seen_[size_t(id)]) {
+        seen_[size_t(id)] = 1;
+        penalty_ids_.push_back(id);
+      }
+    };
+    for (; seen_tokens_ < cache_.tokens.size(); seen_tokens_++) see(cache_.tokens[seen_tokens_]);
+    for (int i = 0; i < n; i++) see(ids[i]);
+  }
+  choice_.penalty_ids = penalty_ids_.data();
+  choice_.n_penalty_ids = int(penalty_ids_.size());
+  have_u_ = so.do_sample && so.temperature > 0.0f;  // sample_token draws exactly then
+  u_ = have_u_ ? rng_.uniform() : 0.0;
+  choice_.u = u_;
+  return &choice_;
 }
 
 void Generation::input(int max_chunk, const int32_t** ids, int* n) const {
@@ -62,7 +85,9 @@ void Generation::advance(int n, float* logits, const int32_t* token, const std::
   // penalizes and scales them in place.
   const bool want_lp = opt_.logprobs >= 0 && !token;
   if (want_lp) raw_.assign(logits, logits + vocab_);
-  const int32_t tok = token ? *token : sample_token(logits, vocab_, opt_.sampling, cache_.tokens, rng_);
+  const int32_t tok =
+      token ? *token : sample_token(logits, vocab_, opt_.sampling, cache_.tokens, rng_, have_u_ ? &u_ : nullptr);
+  have_u_ = false;
   TokenLogprobs lp;
   if (want_lp) token_logprobs(raw_.data(), vocab_, tok, opt_.logprobs, &lp);
   const TokenLogprobs* lpp = want_lp ? &lp : nullptr;

@@ -59,6 +59,18 @@ class Generation {
   // token (forward_argmax).
   bool argmax_ok() const { return argmax_ok_; }
   void no_argmax() { argmax_ok_ = false; }  // the backend does not implement it
+  // No log-probabilities asked for: a backend may choose any step's token itself (BatchItem::
+  // choice), greedy or sampled; no_choice() when it gave the logits instead.
+  bool choice_ok() const { return choice_ok_; }
+  void no_choice() { choice_ok_ = false; }
+  // Whether the forward pass of input()'s n ids ends with a token to choose (not a prompt chunk
+  // with more to come).
+  bool chooses_after(int n) const { return !prefilling() || fed_ + size_t(n) >= prompt_.size(); }
+  // The choice for the step that feeds ids [n] and chooses a token: this generation's options,
+  // the distinct ids seen (the cache's and these) for the repetition penalty, and the uniform
+  // draw, taken from the generation's RNG now (advance() samples with the same draw if the
+  // backend gives the logits instead). Valid until the next call.
+  const TokenChoice* choice(const int32_t* ids, int n);
   // After the forward pass of input()'s n ids: `token` when the backend chose the token (argmax),
   // else `logits` ([vocab], modified in place by the sampler).
   void advance(int n, float* logits, const int32_t* token, const std::atomic<bool>& abort, const TokenFn& on_token);
@@ -80,6 +92,13 @@ class Generation {
   std::vector<int32_t> generated_;
   std::vector<float> raw_;  // logprobs only: the step's logits as the model gave them
   bool argmax_ok_;
+  bool choice_ok_;
+  TokenChoice choice_;
+  std::vector<uint8_t> seen_;        // penalty: ids in penalty_ids_ (vocab entries, once needed)
+  std::vector<int32_t> penalty_ids_;  // the distinct ids of the cache's first seen_tokens_ and the step's
+  size_t seen_tokens_ = 0;
+  double u_ = 0;          // the draw choice() took, for advance()'s sample_token
+  bool have_u_ = false;
   bool finished_ = false;
   FinishReason reason_ = FinishReason::Stop;
 };

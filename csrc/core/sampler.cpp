@@ -59,7 +59,8 @@ void token_logprobs(const float* logits, int vocab, int32_t chosen, int top, Tok
   for (int k = 0; k < n; k++) out->top_logprobs[k] = double(logits[ids[k]]) - lse;
 }
 
-int32_t sample_token(float* logits, int vocab, const SamplingOptions& opt, const std::vector<int32_t>& history, Rng& rng) {
+int32_t sample_token(float* logits, int vocab, const SamplingOptions& opt, const std::vector<int32_t>& history, Rng& rng,
+                     const double* u_given) {
   // Scratch reused across tokens (a generation samples on one thread): no per-token allocation
   // of vocabulary-sized buffers.
   thread_local std::vector<uint8_t> seen;
@@ -143,7 +144,7 @@ int32_t sample_token(float* logits, int vocab, const SamplingOptions& opt, const
   }
   double sum = 0;
   for (size_t i = 0; i < keep; i++) sum += c[i].w;
-  double u = rng.uniform() * sum;
+  double u = (u_given ? *u_given : rng.uniform()) * sum;
   for (size_t i = 0; i < keep; i++) {
     u -= c[i].w;
     if (u < 0) return c[i].id;

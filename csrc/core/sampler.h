@@ -44,6 +44,9 @@ void token_logprobs(const float* logits, int vocab, int32_t chosen, int top, Tok
 
 // Modifies `logits` in place ([vocab] floats). `history` is every id in the sequence so far
 // (the prompt and the generated ids): the ids the repetition penalty sees.
-int32_t sample_token(float* logits, int vocab, const SamplingOptions& opt, const std::vector<int32_t>& history, Rng& rng);
+// u: the uniform draw to use instead of rng.uniform() (one taken earlier, for a backend that may
+// have chosen the token itself).
+int32_t sample_token(float* logits, int vocab, const SamplingOptions& opt, const std::vector<int32_t>& history, Rng& rng,
+                     const double* u = nullptr);
 
 }  // namespace qwen

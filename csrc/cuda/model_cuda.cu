@@ -304,7 +304,8 @@ class CudaBackend : public Backend {
     std::vector<BatchItem*> dec, pre;
     auto alone = [&](BatchItem& it) {
       it.argmax = it.token_out && device_argmax_;
-      run(*it.cache, it.ids, it.n, it.argmax ? nullptr : it.logits, false, it.argmax ? it.token_out : nullptr);
+      run(*it.cache, it.ids, it.n, it.argmax ? nullptr : it.logits, false, it.argmax ? it.token_out : nullptr,
+          it.choice);
     };
     for (BatchItem& it : items) {
       if (items.size() > 1 && it.n == 1)
@@ -362,6 +363,16 @@ class CudaBackend : public Backend {
       if (!it.argmax)
         CK(cudaMemcpyAsync(it.logits, logits_ + size_t(b) * V, size_t(V) * 4, cudaMemcpyDeviceToHost, stream_));
     }
+    // Rows whose token is sampled or penalized: every row's token through sample_rows (the others
+    // as plain argmaxes, which leave their logits as they are), after the logits copies above.
+    std::vector<const TokenChoice*> choices(static_cast<size_t>(B), nullptr);
+    bool any_choice = false;
+    for (int b = 0; b < B; b++)
+      if (items[b]->argmax && !plain_argmax(items[b]->choice)) {
+        choices[size_t(b)] = items[b]->choice;
+        any_choice = true;
+      }
+    if (any_choice) choose_on_device(choices.data(), B, bdev_->argmax);
     if (any_argmax)
       CK(cudaMemcpyAsync(bstage_->argmax, bdev_->argmax, sizeof(int32_t) * size_t(B), cudaMemcpyDeviceToHost, stream_));
     CK(cudaStreamSynchronize(stream_));
@@ -465,6 +476,60 @@ class CudaBackend : public Backend {
     bbytes_ = bytes;
   }
 
+  // Queues the token choice of rows 0..B-1 of logits_ (choices[b] null: the plain argmax) into
+  // dev_out[B]: their options and penalty ids staged in pinned memory and copied in, then
+  // sample_rows. The caller syncs the stream before the staging is written again.
+  void choose_on_device(const TokenChoice* const* choices, int B, int32_t* dev_out) {
+    size_t n_ids = 0;
+    for (int b = 0; b < B; b++)
+      if (choices[b] && choices[b]->sampling.repetition_penalty != 1.0f) n_ids += size_t(choices[b]->n_penalty_ids);
+    if (!srow_dev_ || n_ids > sid_cap_) {
+      const size_t cap = std::max<size_t>({n_ids, 2 * sid_cap_, 4096});
+      release_sample_region();
+      CK(cudaMallocHost(reinterpret_cast<void**>(&srow_host_), sizeof(cuda::SampleRow) * cuda::kGemvBatchMax));
+      CK(cudaMallocHost(reinterpret_cast<void**>(&sid_host_), cap * sizeof(int32_t)));
+      CK(cudaMalloc(reinterpret_cast<void**>(&srow_dev_), sizeof(cuda::SampleRow) * cuda::kGemvBatchMax));
+      CK(cudaMalloc(reinterpret_cast<void**>(&sid_dev_), cap * sizeof(int32_t)));
+      sid_cap_ = cap;
+    }
+    int off = 0;
+    for (int b = 0; b < B; b++) {
+      cuda::SampleRow r;  // null: greedy, no penalty
+      if (const TokenChoice* c = choices[b]) {
+        const SamplingOptions& so = c->sampling;
+        r.temperature = so.temperature;
+        r.top_k = so.top_k;
+        r.top_p = so.top_p;
+        r.penalty = so.repetition_penalty;
+        r.do_sample = so.do_sample ? 1 : 0;
+        r.u = c->u;
+        if (so.repetition_penalty != 1.0f) {
+          r.ids_off = off;
+          r.n_ids = c->n_penalty_ids;
+          std::memcpy(sid_host_ + off, c->penalty_ids, size_t(c->n_penalty_ids) * sizeof(int32_t));
+          off += c->n_penalty_ids;
+        }
+      }
+      srow_host_[b] = r;
+    }
+    CK(cudaMemcpyAsync(srow_dev_, srow_host_, sizeof(cuda::SampleRow) * size_t(B), cudaMemcpyHostToDevice, stream_));
+    if (off > 0)
+      CK(cudaMemcpyAsync(sid_dev_, sid_host_, size_t(off) * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    cuda::sample_rows(dev_out, logits_, cfg_.vocab_size, srow_dev_, sid_dev_, B, stream_);
+  }
+
+  void release_sample_region() {
+    if (srow_host_) cudaFreeHost(srow_host_);
+    if (sid_host_) cudaFreeHost(sid_host_);
+    if (srow_dev_) cudaFree(srow_dev_);
+    if (sid_dev_) cudaFree(sid_dev_);
+    srow_host_ = nullptr;
+    sid_host_ = nullptr;
+    srow_dev_ = nullptr;
+    sid_dev_ = nullptr;
+    sid_cap_ = 0;
+  }
+
   // Captures fn's launches on stream_ into an instantiated graph.
   template <typename Fn>
   cudaGraphExec_t capture(Fn&& fn, const char* what) {
@@ -488,7 +553,8 @@ class CudaBackend : public Backend {
 
   // forward / forward_argmax: logits of the last (all_logits: every) position to host `logits`,
   // or (token != null) only the argmax of the last position's logits to *token.
-  void run(KvCache& base, const int32_t* ids, int T, float* logits, bool all_logits, int32_t* token) {
+  void run(KvCache& base, const int32_t* ids, int T, float* logits, bool all_logits, int32_t* token,
+           const TokenChoice* choice = nullptr) {
     std::lock_guard<std::mutex> lock(mu_);
     CK(cudaSetDevice(dev_));
     CudaCache* c = dynamic_cast<CudaCache*>(&base);
@@ -497,7 +563,7 @@ class CudaBackend : public Backend {
     upload_rope_table(*c);
     const int pos0 = c->length;
     if (T == 1) {
-      decode_step(*c, ids[0], pos0, logits, token);
+      decode_step(*c, ids[0], pos0, logits, token, choice);
       return;
     }
     const int H = cfg_.hidden_size, V = cfg_.vocab_size;
@@ -519,7 +585,7 @@ class CudaBackend : public Backend {
       } else if (start + rows == T) {
         cuda::rmsnorm(h_, x_ + size_t(rows - 1) * H, lnf_, 1, H, cfg_.rms_eps, dt_, stream_);
         cuda::gemv(logits_, h_, lm_head_.w, lm_head_.b, V, H, false, dt_, stream_);
-        fetch_result(logits, token);
+        fetch_result(logits, token, choice);
       }
       // The pinned ids are rewritten by the next pass; wait for this one.
       CK(cudaStreamSynchronize(stream_));
@@ -527,11 +593,15 @@ class CudaBackend : public Backend {
     if (token) *token = pinned_[chunk_ + 1];
   }
 
-  // After the last logits are in logits_: queue their copy to host `logits`, or the argmax and
-  // its 4-byte copy to pinned_[chunk_ + 1] (read after the stream syncs).
-  void fetch_result(float* logits, int32_t* token) {
+  // After the last logits are in logits_: queue their copy to host `logits`, or the token (the
+  // argmax, or as `choice` says: sample_rows) and its 4-byte copy to pinned_[chunk_ + 1] (read
+  // after the stream syncs).
+  void fetch_result(float* logits, int32_t* token, const TokenChoice* choice) {
     if (token) {
-      cuda::argmax(step_ + chunk_ + 1, logits_, cfg_.vocab_size, stream_);
+      if (plain_argmax(choice))
+        cuda::argmax(step_ + chunk_ + 1, logits_, cfg_.vocab_size, stream_);
+      else
+        choose_on_device(&choice, 1, step_ + chunk_ + 1);
       CK(cudaMemcpyAsync(pinned_ + chunk_ + 1, step_ + chunk_ + 1, sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
     } else {
       CK(cudaMemcpyAsync(logits, logits_, size_t(cfg_.vocab_size) * 4, cudaMemcpyDeviceToHost, stream_));
@@ -960,6 +1030,7 @@ class CudaBackend : public Backend {
     bstage_ = nullptr;
     bdev_ = nullptr;
     bpartial_ = nullptr;
+    release_sample_region();
     bbytes_ = 0;
     if (stream_) cudaStreamDestroy(stream_);
     if (pinned_) cudaFreeHost(pinned_);
@@ -1098,7 +1169,7 @@ class CudaBackend : public Backend {
     cuda::gemv(logits_, h_, lm_head_.w, lm_head_.b, cfg_.vocab_size, cfg_.hidden_size, false, dt_, stream_);
   }
 
-  void decode_step(CudaCache& c, int32_t id, int pos0, float* logits, int32_t* token) {
+  void decode_step(CudaCache& c, int32_t id, int pos0, float* logits, int32_t* token, const TokenChoice* choice) {
     pinned_[0] = id;
     pinned_[chunk_] = pos0;
     CK(cudaMemcpyAsync(step_, pinned_, (chunk_ + 1) * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
@@ -1108,7 +1179,7 @@ class CudaBackend : public Backend {
       if (!c.graph) c.graph = capture([&] { decode_kernels(c, pos0); }, "cudaGraphInstantiate (decode step)");
       CK(cudaGraphLaunch(c.graph, stream_));
     }
-    fetch_result(logits, token);
+    fetch_result(logits, token, choice);
     CK(cudaStreamSynchronize(stream_));
     if (token) *token = pinned_[chunk_ + 1];
   }
@@ -1160,6 +1231,12 @@ class CudaBackend : public Backend {
     int32_t argmax[cuda::kGemvBatchMax];
     cuda::KvBatchRow rows[cuda::kGemvBatchMax];
   };
+  // Token choice on the device (choose_on_device): per-row options and the penalty ids, staged.
+  cuda::SampleRow* srow_host_ = nullptr;
+  cuda::SampleRow* srow_dev_ = nullptr;
+  int32_t* sid_host_ = nullptr;
+  int32_t* sid_dev_ = nullptr;
+  size_t sid_cap_ = 0;
   BatchStage* bstage_ = nullptr;  // pinned host
   BatchStage* bdev_ = nullptr;    // device, with bpartial_ after it (one allocation, bbytes_)
   float* bpartial_ = nullptr;

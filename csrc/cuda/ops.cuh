@@ -28,6 +28,24 @@ void argmax(int32_t* out, const float* v, int n, cudaStream_t s, int rows = 1);
 // out [T, H] (dt) = x * rsqrt(mean(x^2) + eps) * w ; x fp32, w fp32.
 void rmsnorm(void* out, const float* x, const float* w, int T, int H, float eps, DT dt, cudaStream_t s);
 
+// sample.cu ------------------------------------------------------------------------------------
+// One row's token choice for sample_rows: the host's SamplingOptions and its uniform draw.
+struct SampleRow {
+  float temperature = 1.0f;
+  int top_k = 0;
+  float top_p = 1.0f;
+  float penalty = 1.0f;
+  int do_sample = 0;
+  int ids_off = 0;  // the row's distinct repetition-penalty ids: ids[ids_off, ids_off + n_ids)
+  int n_ids = 0;
+  double u = 0;     // in [0, 1)
+};
+// For each row b of logits [nrows, V] (fp32, changed in place): out[b] = a token chosen as
+// core/sampler.cpp's sample_token chooses (greedy: the argmax after the penalty; sampled: the same
+// kept set and distribution, the draw walking the kept ids in id order).
+void sample_rows(int32_t* out, float* logits, int V, const SampleRow* rows, const int32_t* ids, int nrows,
+                 cudaStream_t s);
+
 // gemv.cu / gemm.cu ----------------------------------------------------------------------------
 // y [T, N] fp32 (+)= x [T, K] W^T + b ; x, W [N, K] in dt; b fp32 [N] or null; K % 8 == 0.
 // accumulate: y += (residual add). T == 1 runs the GEMV, 2..16 rows gemv_batched (W read once,

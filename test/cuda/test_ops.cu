@@ -34,6 +34,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <numeric>
 #include <string>
 #include <thread>
 #include <vector>
@@ -240,6 +241,132 @@ void test_argmax(int n, int mode) {
   const bool ok = got == ref;
   if (!ok) g_failures++;
   std::printf("%-4s argmax n=%d mode %d: %d (std::max_element %d)\n", ok ? "ok" : "FAIL", n, mode, got, ref);
+}
+
+// sample_rows against a float64 reference of HF's pipeline (penalty -> temperature -> top-k ->
+// top-p): the kept ids are the reference's, and for stratified draws u the id chosen is the one
+// whose interval holds u when the kept ids are laid out in id order with their float64
+// probabilities (draws within 1e-6 of an interval's edge are not judged: the GPU's fp32 exp may
+// move an edge by ~1e-7). Ties (step > 0 rounds the logits to multiples of step) test the
+// ordering rules; greedy (temperature 0) must be the argmax after the penalty.
+void test_sample(const char* tag, int V, float scale, float step, float temperature, int top_k, float top_p,
+                 float penalty, int draws) {
+  Rng rng(g_seed++);
+  std::vector<float> logits(static_cast<size_t>(V));
+  for (auto& x : logits) {
+    // a peaked head over a broad tail, like a language model's logits
+    x = scale * rng.uniform(-1, 1) + (rng.next() % 50 == 0 ? 3.0f * scale : 0.0f);
+    if (step > 0) x = std::round(x / step) * step;
+  }
+  std::vector<int32_t> hist;
+  for (int i = 0; i < 80; i++) hist.push_back(int32_t(rng.next() % uint64_t(std::min(V, 300))));  // with repeats
+  std::vector<int32_t> distinct;
+  std::vector<uint8_t> seen(static_cast<size_t>(V), 0);
+  for (int32_t id : hist)
+    if (!seen[size_t(id)]) seen[size_t(id)] = 1, distinct.push_back(id);
+  // The reference, in the host sampler's float steps, then float64.
+  std::vector<float> l = logits;
+  if (penalty != 1.0f)
+    for (int32_t id : distinct) l[size_t(id)] = l[size_t(id)] < 0 ? l[size_t(id)] * penalty : l[size_t(id)] / penalty;
+  const bool greedy = temperature <= 0.0f;
+  std::vector<int32_t> order(static_cast<size_t>(V));
+  std::iota(order.begin(), order.end(), 0);
+  std::vector<uint8_t> kept(static_cast<size_t>(V), 0);
+  std::vector<double> p(static_cast<size_t>(V), 0.0);
+  int32_t argmax_ref = int32_t(std::max_element(l.begin(), l.end()) - l.begin());
+  if (!greedy) {
+    if (temperature != 1.0f)
+      for (auto& x : l) x /= temperature;
+    std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return l[size_t(a)] > l[size_t(b)] || (l[size_t(a)] == l[size_t(b)] && a < b); });
+    size_t keep = size_t(V);
+    if (top_k > 0 && top_k < V) {
+      const float kth = l[size_t(order[size_t(top_k - 1)])];
+      keep = 0;
+      while (keep < size_t(V) && l[size_t(order[keep])] >= kth) keep++;
+    }
+    const float mx = l[size_t(order[0])];
+    double total = 0;
+    for (size_t i = 0; i < keep; i++) total += p[size_t(order[i])] = std::exp(double(l[size_t(order[i])] - mx));
+    if (top_p < 1.0f) {
+      double acc = 0;
+      size_t n = 0;
+      while (n < keep) {
+        acc += p[size_t(order[n++])];
+        if (acc >= double(top_p) * total) break;
+      }
+      for (size_t i = n; i < keep; i++) p[size_t(order[i])] = 0;
+      keep = n;
+    }
+    for (size_t i = 0; i < keep; i++) kept[size_t(order[i])] = 1;
+  }
+  double sum = 0;
+  for (int i = 0; i < V; i++) sum += kept[size_t(i)] ? p[size_t(i)] : 0.0;
+  std::vector<double> edge;  // cumulative probability at the end of each kept id, in id order
+  std::vector<int32_t> who;
+  double c = 0;
+  for (int i = 0; i < V; i++)
+    if (kept[size_t(i)]) {
+      c += p[size_t(i)] / sum;
+      edge.push_back(c);
+      who.push_back(i);
+    }
+  // The device: `rows` copies of the logits a launch, one draw each.
+  const int rows = 32, n = greedy ? 1 : draws;
+  Dev dl(size_t(rows) * V * 4), dout(size_t(rows) * 4), drows(sizeof(cuda::SampleRow) * rows);
+  auto dids = upload(distinct);
+  std::vector<float> rep(size_t(rows) * V);
+  for (int r = 0; r < rows; r++) std::copy(logits.begin(), logits.end(), rep.begin() + size_t(r) * V);
+  int judged = 0, wrong = 0, outside = 0;
+  std::string first_wrong;
+  for (int d0 = 0; d0 < n; d0 += rows) {
+    const int m = std::min(rows, n - d0);
+    dl.put(rep);
+    std::vector<cuda::SampleRow> sr(static_cast<size_t>(m));
+    std::vector<double> us(static_cast<size_t>(m));
+    for (int r = 0; r < m; r++) {
+      cuda::SampleRow& s = sr[size_t(r)];
+      s.temperature = temperature;
+      s.top_k = top_k;
+      s.top_p = top_p;
+      s.penalty = penalty;
+      s.do_sample = greedy ? 0 : 1;
+      s.n_ids = int(distinct.size());
+      s.u = us[size_t(r)] = (d0 + r + 0.5) / n;
+    }
+    CHECK(cudaMemcpy(drows.p, sr.data(), sizeof(cuda::SampleRow) * size_t(m), cudaMemcpyHostToDevice));
+    cuda::sample_rows(dout.as<int32_t>(), dl.as<float>(), V, static_cast<const cuda::SampleRow*>(drows.p),
+                      dids->as<int32_t>(), m, S);
+    CHECK(cudaStreamSynchronize(S));
+    const std::vector<int32_t> got = dout.get<int32_t>(size_t(m));
+    for (int r = 0; r < m; r++) {
+      const int32_t g = got[size_t(r)];
+      if (greedy) {
+        judged++;
+        if (g != argmax_ref) wrong++, first_wrong = std::to_string(g) + " vs argmax " + std::to_string(argmax_ref);
+        continue;
+      }
+      if (g < 0 || g >= V || !kept[size_t(g)]) {
+        outside++;
+        continue;
+      }
+      const double u = us[size_t(r)];
+      const size_t j = size_t(std::upper_bound(edge.begin(), edge.end(), u) - edge.begin());
+      const double lo = j ? edge[j - 1] : 0.0, hi = j < edge.size() ? edge[j] : 1.0;
+      if (u - lo < 1e-6 || hi - u < 1e-6) continue;
+      judged++;
+      if (j >= who.size() || who[j] != g) {
+        if (!wrong) first_wrong = "u " + std::to_string(u) + ": " + std::to_string(g) + " vs " + std::to_string(j < who.size() ? who[j] : -1);
+        wrong++;
+      }
+    }
+  }
+  const bool ok = wrong == 0 && outside == 0 && judged >= std::max(1, n / 4);
+  g_cases++;
+  if (!ok) g_failures++;
+  std::printf("%-4s sample %s V=%d T=%.2f top_k %d top_p %.2f penalty %.2f: %zu ids kept, %d draws judged, %d "
+              "wrong, %d outside the kept set%s%s\n",
+              ok ? "ok" : "FAIL", tag, V, temperature, top_k, top_p, penalty, who.size(), judged, wrong, outside,
+              first_wrong.empty() ? "" : "; first: ", first_wrong.c_str());
 }
 
 void test_rmsnorm(DT dt, int T, int H) {
@@ -1060,7 +1187,14 @@ void run_model_case(const std::string& tag, RandomModel* m, int prompt, int step
   cpu_b->forward(*cc, ids.data(), prompt, lc.data(), all_logits);
   gpu_b->forward(*gc, ids.data(), prompt, lg.data(), all_logits);
   cc->length = gc->length = prompt;
-  const double tol = dt == DT::BF16 ? 3e-2 : 1e-2;
+  // fp16 GPTQ layers in the v2 layouts (the default decode GEMV for int4 and int8) sum each
+  // word's 8 products in fp16, as exllama's kernels do: ~4e-4 relL2 a linear against the fp32
+  // twin in the kernel cases (v1: 1e-6). Through the 2-layer 7B-shaped int4 model one decode step
+  // reached 1.09e-2 (v1 at the same step: 1.4e-3; the steps around it 2-3e-4), so those models
+  // get bf16's bound here; a wrong kernel is off by O(1).
+  const char* gemv_env = std::getenv("QWEN_GPTQ_GEMV");
+  const bool v2 = !m->gptqs.empty() && !(gemv_env && std::strcmp(gemv_env, "v1") == 0);
+  const double tol = dt == DT::BF16 || v2 ? 3e-2 : 1e-2;
   const std::string name = "model " + tag + " " + cuda::dt_name(dt);
   compare(name + " prefill " + std::to_string(prompt) + (all_logits ? " (all rows)" : ""), lg, lc, tol);
   std::vector<float> c1(static_cast<size_t>(V)), g1(static_cast<size_t>(V));
@@ -1706,6 +1840,22 @@ int main(int argc, char** argv) {
       for (int n : {1, 7, 1000, 1024, 1025, 151936, 152064})
         for (int mode : {0, 1, 2, 3})
           if (!q || n <= 1025) test_argmax(n, mode);
+    }
+    if (want("sample")) {
+      test_sample("qwen defaults", 1000, 4.0f, 0, 0.7f, 0, 0.8f, 1.1f, 2000);
+      test_sample("top-k", 1000, 4.0f, 0, 1.0f, 40, 1.0f, 1.0f, 2000);
+      test_sample("top-k + top-p", 1000, 4.0f, 0, 1.3f, 50, 0.5f, 1.0f, 2000);
+      test_sample("ties", 1000, 4.0f, 0.25f, 1.0f, 10, 0.6f, 1.0f, 2000);
+      test_sample("ties, top-p only", 1000, 4.0f, 0.5f, 0.9f, 0, 0.7f, 1.2f, 2000);
+      test_sample("flat", 1000, 0.1f, 0, 1.0f, 0, 1.0f, 1.0f, 2000);
+      test_sample("top_p 0", 1000, 4.0f, 0, 1.0f, 0, 0.0f, 1.0f, 64);
+      test_sample("greedy + penalty", 1000, 4.0f, 0, 0.0f, 0, 1.0f, 1.3f, 1);
+      if (!q) {
+        test_sample("qwen defaults", 151936, 6.0f, 0, 0.7f, 0, 0.8f, 1.1f, 512);
+        test_sample("broad nucleus", 151936, 1.0f, 0, 1.0f, 0, 0.95f, 1.0f, 512);
+        test_sample("top-k 20", 151936, 6.0f, 0, 0.8f, 20, 1.0f, 1.05f, 512);
+        test_sample("greedy + penalty", 151936, 6.0f, 0, 0.0f, 0, 1.0f, 1.1f, 1);
+      }
     }
     if (want("rmsnorm")) {
       // vector path (H % 4 == 0, H <= 8192) and the scalar kernel (H = 130, 8200)
