@@ -24,9 +24,10 @@ namespace {
 
 constexpr int kThreads = 1024, kWarps = kThreads / 32;
 
-// Larger float -> larger key (for every non-NaN value).
+// Larger float -> larger key (for every non-NaN value); -0 and +0 share one key, as they compare
+// equal on the host.
 __device__ __forceinline__ uint32_t order_key(float f) {
-  const uint32_t u = __float_as_uint(f);
+  const uint32_t u = __float_as_uint(f + 0.0f);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 __device__ __forceinline__ float key_value(uint32_t k) {
@@ -237,12 +238,12 @@ __global__ void __launch_bounds__(kThreads)
   }
   block_starts(m, sh.starts, sh.dscratch);
   const double x = p.u * sh.starts[kThreads];
-  // The owner: the range holding x; when rounding puts x at the total, the last range with mass.
-  const int last_owner =
-      block_reduce(m > 0 ? tid : -1, [](int a, int b) { return max(a, b); }, sh.iscratch);
-  const bool mine = m > 0 && ((x >= sh.starts[tid] && x < sh.starts[tid + 1]) ||
-                              (tid == last_owner && x >= sh.starts[kThreads]));
-  if (mine) {
+  // The owner, exactly one: the last range with mass that starts at or below x (the scan's
+  // rounding cannot leave x in no range, nor in two). The first range with mass starts at 0 <= x
+  // (the ranges before it add exact zeros), so there is one.
+  const int owner = block_reduce(m > 0 && sh.starts[tid] <= x ? tid : -1, [](int a, int b) { return max(a, b); },
+                                 sh.iscratch);
+  if (tid == owner) {
     double acc = sh.starts[tid];
     int rank = sh.tie_starts[tid], pick = last;
     for (int i = b0; i < b1; i++)

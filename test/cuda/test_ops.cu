@@ -1848,6 +1848,8 @@ int main(int argc, char** argv) {
       test_sample("ties", 1000, 4.0f, 0.25f, 1.0f, 10, 0.6f, 1.0f, 2000);
       test_sample("ties, top-p only", 1000, 4.0f, 0.5f, 0.9f, 0, 0.7f, 1.2f, 2000);
       test_sample("flat", 1000, 0.1f, 0, 1.0f, 0, 1.0f, 1.0f, 2000);
+      // logits in {-1, -0, +0, 1, 3..4}: the 500th is a zero, and -0 ties +0 there
+      test_sample("signed zeros at the k-th", 1000, 1.0f, 1.0f, 1.0f, 500, 1.0f, 1.0f, 2000);
       test_sample("top_p 0", 1000, 4.0f, 0, 1.0f, 0, 0.0f, 1.0f, 64);
       test_sample("greedy + penalty", 1000, 4.0f, 0, 0.0f, 0, 1.0f, 1.3f, 1);
       if (!q) {
