@@ -100,15 +100,11 @@ bool Engine::start(Active& a) {
   try {
     // A fresh cache may grow to what the generation can use (its limit): it starts with room for
     // the prompt and the first kFirstTokens new tokens, and takes the limit if the reply runs
-    // longer (Model::reserve). Where that start is half the limit or more, the limit at once
-    // (a growth would then cost more than it saves).
+    // longer (Model::new_cache, Model::reserve).
     constexpr int kFirstTokens = 128;
-    if (!*a.req.cache) {
-      const int limit = std::min(a.req.options.cache_positions > 0 ? a.req.options.cache_positions : INT_MAX,
-                                 model_.context_length());
-      const int start = int(a.req.prompt.size()) + std::min(kFirstTokens, std::max(a.req.options.max_new_tokens, 1));
-      *a.req.cache = model_.new_cache(limit, 2 * start >= limit ? limit : start);
-    }
+    if (!*a.req.cache)
+      *a.req.cache = model_.new_cache(a.req.options.cache_positions,
+                                      int(a.req.prompt.size()) + std::min(kFirstTokens, std::max(a.req.options.max_new_tokens, 1)));
     KvCache& cache = **a.req.cache;
     const int n = int(a.req.prompt.size());
     const std::vector<int32_t>& p = a.req.prompt;

@@ -53,8 +53,12 @@ int round_up_block(int n) { return (n + Model::kKvBlock - 1) / Model::kKvBlock *
 
 std::unique_ptr<KvCache> Model::new_cache(int limit, int initial) {
   limit = limit > 0 ? std::min(limit, context_length_) : context_length_;
+  // A start of half the limit or more takes the limit at once: its growth would cost more (a copy,
+  // both allocations live for a moment) than it saves.
+  initial = std::max(initial, 1);
+  initial = 2 * initial >= limit ? limit : std::min(limit, round_up_block(initial));
   std::lock_guard<std::mutex> lock(mu_);
-  auto c = backend_->new_cache(std::min(limit, round_up_block(std::max(initial, 1))));
+  auto c = backend_->new_cache(initial);
   c->limit = limit;
   return c;
 }

@@ -40,7 +40,7 @@ class Model {
   // forward / forward_batch need more, reallocated for its whole limit (one copy of what it
   // holds; the old allocation is freed after it). A sequence that stays short holds memory for
   // what it uses, not for all it may use; one growth bounds the copies and the moment's peak
-  // (old + limit, the old being small: see Engine for the generations' initial size).
+  // (old + limit, the old under half the limit: a start of half or more takes the limit at once).
   static constexpr int kKvBlock = 64;
   std::unique_ptr<KvCache> new_cache(int limit = 0, int initial = 0);
 

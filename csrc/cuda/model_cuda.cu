@@ -365,14 +365,14 @@ class CudaBackend : public Backend {
     }
     // Rows whose token is sampled or penalized: every row's token through sample_rows (the others
     // as plain argmaxes, which leave their logits as they are), after the logits copies above.
-    std::vector<const TokenChoice*> choices(static_cast<size_t>(B), nullptr);
+    const TokenChoice* choices[cuda::kGemvBatchMax] = {};  // B <= kGemvBatchMax (both callers)
     bool any_choice = false;
     for (int b = 0; b < B; b++)
       if (items[b]->argmax && !plain_argmax(items[b]->choice)) {
-        choices[size_t(b)] = items[b]->choice;
+        choices[b] = items[b]->choice;
         any_choice = true;
       }
-    if (any_choice) choose_on_device(choices.data(), B, bdev_->argmax);
+    if (any_choice) choose_on_device(choices, B, bdev_->argmax);
     if (any_argmax)
       CK(cudaMemcpyAsync(bstage_->argmax, bdev_->argmax, sizeof(int32_t) * size_t(B), cudaMemcpyDeviceToHost, stream_));
     CK(cudaStreamSynchronize(stream_));
