@@ -6,9 +6,9 @@
 // Loads DIR with contextLength P + N and kvCache as given, feeds a P-token random prompt and
 // generates N tokens greedily (model.complete), and prints one JSON line:
 //   {impl: "qwen-native", shape, metric: "mem_generate", kv, prompt, new, alloc_bytes, smi_bytes}
-// alloc_bytes: the largest weights + kvCache + workspace that model.memory() reported (the bytes
-// our allocations hold; the generation's KV cache starts at P + 128 positions and takes its whole
-// P + N when the reply runs past 128 tokens, so the moment of that growth holds both);
+// alloc_bytes: the largest weights + kvCache + kvCacheFree + workspace that model.memory()
+// reported (the bytes our allocations hold; the generation's KV cache holds pages of 64 positions
+// for what it has used, at most P + N rounded up to a page);
 // smi_bytes: the largest nvidia-smi memory.used during the run minus its value before loading
 // (adds the CUDA context and driver overhead).
 import { spawn } from 'node:child_process';
@@ -51,7 +51,7 @@ try {
   let alloc = 0;
   const sample = () => {
     const m = model.memory();
-    alloc = Math.max(alloc, m.weights + m.kvCache + m.workspace);
+    alloc = Math.max(alloc, m.weights + m.kvCache + m.kvCacheFree + m.workspace);
   };
   const timer = setInterval(sample, 20);
   const prompt = Array.from({ length: P }, (_, i) => (i * 7919 + 13) % 150000);

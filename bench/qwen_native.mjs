@@ -16,9 +16,8 @@
 //   the new sequence's graph capture, leaving the native greedy loop's per-token cost.
 // - prefill_tok_s (tokens 2048): seq.eval of 2048 ids on a fresh sequence; one warm-up, then the
 //   median of `reps`. The decode prefills are reported too (tokens c, cold: first use).
-// - peak_mem_bytes, kind "model.memory()": the largest weights + kvCache + workspace seen (the KV
-//   cache of a sequence takes the whole contextLength, printed with it, once it holds more than 64
-//   positions).
+// - peak_mem_bytes, kind "model.memory()": the largest weights + kvCache + kvCacheFree + workspace
+//   seen (a sequence's KV cache holds pages of 64 positions for what it has used).
 // - peak_mem_bytes, kind "nvidia-smi": the largest memory.used of the GPU sampled every 50 ms
 //   while this process runs: whole GPU, so it adds the CUDA context and anything else resident;
 //   baseline_bytes is the value before the model was loaded.
@@ -122,7 +121,7 @@ function startSmi() {
 let memPeak = null;
 function snapshotMemory(model, where) {
   const m = model.memory();
-  const total = m.weights + m.kvCache + m.workspace;
+  const total = m.weights + m.kvCache + m.kvCacheFree + m.workspace;
   if (!memPeak || total > memPeak.value) memPeak = { value: total, ...m, where };
 }
 

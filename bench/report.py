@@ -453,8 +453,8 @@ def markdown_doc(table, res, gpu, date, command):
           f"then {os_} timed `seq.eval([argmax(logits)])` steps: the logits go to JS every step and the argmax runs in JS, as in a user's loop. "
           f"`via complete()`: `model.complete(ids, {{doSample: false}})` with maxNewTokens 16 and 16 + {os_}, the difference in tokens over the "
           f"difference in time (the native greedy loop; prefill and graph capture cancel out). Prefill: `seq.eval` of 2048 ids on a fresh "
-          f"sequence, one warm-up, median of {orp}. Allocations = weights + kvCache + workspace from `model.memory()` (a sequence's KV "
-          f"cache takes the whole contextLength, here {oc}, once it holds more than 64 positions).",
+          f"sequence, one warm-up, median of {orp}. Allocations = weights + kvCache + kvCacheFree + workspace from `model.memory()` (a "
+          f"sequence's KV cache holds pages of 64 positions for what it has used; contextLength {oc}).",
           "- **HF transformers** (`bench/hf_baseline.py`): `Qwen2ForCausalLM`: for the Qwen2.5 shapes the model itself (grouped KV heads, "
           "rope_theta 1e6); for the Qwen v1 shapes with num_key_value_heads = num_attention_heads (MHA) and intermediate_size = F: the "
           "same block at the same cost (qkv with bias, SwiGLU of width F, untied lm_head). GPTQ shapes: not measured (the footnote says why). bf16, SDPA, random "

@@ -56,7 +56,7 @@ export interface NativeModel {
   config(): NativeConfig;
   backend(): string;
   contextLength(): number;
-  memory(): { weights: number; kvCache: number; workspace: number; hostWeights: number };
+  memory(): { weights: number; kvCache: number; kvCacheFree: number; workspace: number; hostWeights: number };
   createSequence(): NativeSequence;
   batchStats(): { steps: number; items: number; maxItems: number; tokens: number; requests: number };
   dispose(): void;

@@ -97,8 +97,9 @@ for (const m of MODELS) {
           assert.equal(a.finishReason, 'abort');
           assert.equal(b.finishReason, 'abort', j.name);
           assert.ok(b.tokens.length >= j.abortAfter && b.tokens.length < 200, `${j.name}: ${b.tokens.length} tokens`);
-          const ref = (a.tokens.length >= b.tokens.length ? a : free).tokens;
-          assert.deepEqual(b.tokens, ref.slice(0, b.tokens.length), j.name);
+          // (Either run may have gone on longer before its abort landed: compare what both made.)
+          const k = Math.min(a.tokens.length, b.tokens.length);
+          assert.deepEqual(b.tokens.slice(0, k), a.tokens.slice(0, k), j.name);
           return;
         }
         assert.deepEqual(b.tokens, a.tokens, `${j.name}: batched tokens differ from the run alone`);
@@ -122,33 +123,31 @@ describe('the scheduler', () => {
   });
   after(() => model?.dispose());
 
-  test('a KV cache starts small and takes its limit only when the sequence outgrows the start', async () => {
+  test('a KV cache holds pages of 64 positions, added as the sequence grows', async () => {
     // Bytes of one position of this model's float cache (fp32 on the CPU): 2 (K, V) x layers x heads x head_dim x 4.
     const perPos = 2 * 2 * 2 * 64 * 4;
     const kv = () => model.memory().kvCache;
     const seq = model.createSequence();
     await seq.eval(prompt(4, 9));
-    assert.equal(kv(), perPos * 64, 'a sequence starts with one block of 64 positions');
+    assert.equal(kv(), perPos * 64, 'a sequence starts with one page of 64 positions');
     await seq.eval(prompt(60, 5));
-    assert.equal(kv(), perPos * 64, 'still within the block');
-    await seq.eval(prompt(6, 2)); // 70 positions: the whole contextLength (1024)
-    assert.equal(kv(), perPos * 1024);
+    assert.equal(kv(), perPos * 64, 'still within the page');
+    await seq.eval(prompt(6, 2)); // 70 positions: a second page, not the whole contextLength (1024)
+    assert.equal(kv(), perPos * 128);
     seq.dispose();
     assert.equal(kv(), 0);
-    // A generation's cache: limit prompt + maxNewTokens (310 here), allocated for the prompt and
-    // 128 new tokens (10 + 128, rounded up to 192), then grown to its limit as the reply runs on.
+    // A generation's cache: limit prompt + maxNewTokens (310 here), pages for the prompt and 128
+    // new tokens (10 + 128: 3 pages), then one more page each time the reply needs it (5 pages).
     const seen = new Set();
     const tokens = [];
     for await (const c of model.generate(prompt(10, 3), { stop: [], temperature: 0, maxNewTokens: 300 })) {
       seen.add(kv());
       tokens.push(c.token);
     }
-    // (While the engine's thread grows it, both allocations are briefly live: 192 + 310.)
-    const sizes = [...seen].map((b) => b / perPos);
-    assert.ok(sizes.includes(192) && sizes.includes(310), `sizes seen: ${sizes}`);
-    assert.ok(sizes.every((n) => [192, 310, 192 + 310].includes(n)), `sizes seen: ${sizes}`);
+    const sizes = [...seen].map((b) => b / perPos).sort((a, b) => a - b);
+    assert.deepEqual(sizes, [192, 256, 320], `sizes seen: ${sizes}`);
     assert.equal(kv(), 0, 'freed at the end');
-    // Its tokens are those of a greedy eval loop, whose cache grew at another point (64 -> 1024).
+    // Its tokens are those of a greedy eval loop, whose cache grew at other points (a page at a time from 64).
     const s2 = model.createSequence();
     let logits = await s2.eval(prompt(10, 3));
     const ref = [];

@@ -15,11 +15,15 @@
 
 namespace qwen {
 
+// Positions per page of a KV cache: both backends hold a sequence's K/V in pages of this many
+// positions, allocated as it grows (never copied), and find position j in page j / kKvPage.
+constexpr int kKvPage = 64;
+
 // One sequence's attention cache. Backends derive from it to hold the K/V storage.
 class KvCache {
  public:
   virtual ~KvCache() = default;
-  int capacity = 0;              // positions allocated now
+  int capacity = 0;              // positions allocated now (whole pages)
   int limit = 0;                 // positions it may grow to (Model grows it on demand); 0 = capacity
   int length = 0;                // positions filled
   double ntk_alpha = 1.0;        // set by the prefill that filled an empty cache (SPEC 3.1)
@@ -36,7 +40,8 @@ struct MemoryReport {
   // memory by default (see host_weights; QWEN_WTE_ON_DEVICE=1 puts it back on the device).
   size_t weights = 0;
   size_t host_weights = 0;  // CUDA: bytes of weights the GPU reads from (pinned) host memory
-  size_t kv_cache = 0;   // bytes of live KV caches
+  size_t kv_cache = 0;   // bytes of live KV caches (their pages and per-cache tables)
+  size_t kv_free = 0;    // bytes of freed KV pages the backend keeps for the next caches (CUDA)
   size_t workspace = 0;  // scratch buffers
 };
 
@@ -80,10 +85,11 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
-  virtual std::unique_ptr<KvCache> new_cache(int capacity) = 0;
-  // Reallocates the cache for `capacity` (> cache.capacity) positions, keeping positions
-  // 0..length-1 (and its tokens, alpha and length). Throws Error when the memory is not there,
-  // leaving the cache as it was.
+  // A cache with pages for `capacity` positions (rounded up to whole pages) that may grow to
+  // `limit` positions (0 = capacity).
+  virtual std::unique_ptr<KvCache> new_cache(int capacity, int limit = 0) = 0;
+  // Adds pages until `capacity` positions (at most the limit) fit; what the cache holds stays in
+  // place. Throws Error when the memory is not there, leaving the cache as it was.
   virtual void grow_cache(KvCache& cache, int capacity) = 0;
   // Feeds ids [n] at positions cache.length.. and writes their K/V there (the caller then
   // advances cache.length by n); writes logits of the last

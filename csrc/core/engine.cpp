@@ -98,9 +98,9 @@ void Engine::finish(Active& a, const std::string& error) {
 
 bool Engine::start(Active& a) {
   try {
-    // A fresh cache may grow to what the generation can use (its limit): it starts with room for
-    // the prompt and the first kFirstTokens new tokens, and takes the limit if the reply runs
-    // longer (Model::new_cache, Model::reserve).
+    // A fresh cache may grow to what the generation can use (its limit): it starts with pages for
+    // the prompt and the first kFirstTokens new tokens, and adds pages if the reply runs longer
+    // (Model::new_cache, Model::reserve).
     constexpr int kFirstTokens = 128;
     if (!*a.req.cache)
       *a.req.cache = model_.new_cache(a.req.options.cache_positions,

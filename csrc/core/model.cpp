@@ -47,18 +47,11 @@ Engine& Model::engine() {
   return *engine_;
 }
 
-namespace {
-int round_up_block(int n) { return (n + Model::kKvBlock - 1) / Model::kKvBlock * Model::kKvBlock; }
-}  // namespace
-
 std::unique_ptr<KvCache> Model::new_cache(int limit, int initial) {
   limit = limit > 0 ? std::min(limit, context_length_) : context_length_;
-  // A start of half the limit or more takes the limit at once: its growth would cost more (a copy,
-  // both allocations live for a moment) than it saves.
-  initial = std::max(initial, 1);
-  initial = 2 * initial >= limit ? limit : std::min(limit, round_up_block(initial));
+  initial = std::clamp(initial, 1, limit);
   std::lock_guard<std::mutex> lock(mu_);
-  auto c = backend_->new_cache(initial);
+  auto c = backend_->new_cache(initial, limit);
   c->limit = limit;
   return c;
 }
@@ -70,7 +63,7 @@ void Model::make_room(KvCache& cache, int n) {
 
 void Model::reserve(KvCache& cache, int positions) {
   if (positions <= cache.capacity) return;
-  backend_->grow_cache(cache, cache.max_positions());
+  backend_->grow_cache(cache, positions);
 }
 
 void Model::validate(const KvCache& cache, const int32_t* ids, int n) const {

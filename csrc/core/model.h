@@ -35,13 +35,10 @@ class Model {
   const ModelConfig& config() const { return cfg_; }
   int context_length() const { return context_length_; }
   Backend& backend() { return *backend_; }
-  // A cache that may hold min(limit, contextLength) positions (limit <= 0: contextLength),
-  // allocated for `initial` positions (whole blocks of kKvBlock, at least one) and, the first time
-  // forward / forward_batch need more, reallocated for its whole limit (one copy of what it
-  // holds; the old allocation is freed after it). A sequence that stays short holds memory for
-  // what it uses, not for all it may use; one growth bounds the copies and the moment's peak
-  // (old + limit, the old under half the limit: a start of half or more takes the limit at once).
-  static constexpr int kKvBlock = 64;
+  // A cache that may hold min(limit, contextLength) positions (limit <= 0: contextLength), with
+  // pages (Backend: kKvPage positions each) for `initial` positions now (at least one page) and
+  // more added as forward / forward_batch need them. A sequence holds memory for what it uses,
+  // never for all it may use, and growing copies nothing.
   std::unique_ptr<KvCache> new_cache(int limit = 0, int initial = 0);
 
   // Throws Error for ids outside [0, vocab) or past the context; the cache is unchanged then.
@@ -53,7 +50,7 @@ class Model {
   // as forward (all of them before any runs: on an error no cache has changed), serialized with
   // forward, and every cache advanced by its item's n.
   void forward_batch(std::vector<BatchItem>& items);
-  // Grows the cache now if n more positions (up to its limit) do not fit; forward and
+  // Adds pages now if n more positions (up to its limit) do not fit; forward and
   // forward_batch do it themselves, the Engine calls it per sequence first so that a failed
   // allocation (an Error; the cache unchanged) ends one generation, not a whole step.
   void make_room(KvCache& cache, int n);
@@ -67,7 +64,7 @@ class Model {
   // The one validation + bookkeeping path of forward and forward_argmax: `run` calls the backend
   // and returns whether it did the step (the cache advances only then).
   template <typename Run> bool step(KvCache& cache, const int32_t* ids, int n, Run run);
-  // Grows the cache (mu_ held) so that `positions` fit; validate has checked the limit.
+  // Adds pages (mu_ held) so that `positions` fit; validate has checked the limit.
   void reserve(KvCache& cache, int positions);
   ModelConfig cfg_;
   std::unique_ptr<Checkpoint> checkpoint_;

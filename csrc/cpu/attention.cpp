@@ -143,4 +143,29 @@ void attention_int8(float* out, const float* q, int64_t q_stride, const KvInt8& 
   attention_int8_gqa(out, q, q_stride, k, v, capacity, T, n, n, d, pos0, pool);
 }
 
+void attention_gqa_paged(float* out, const float* q, int64_t q_stride, const float* const* k_pages,
+                         const float* const* v_pages, int page, int T, int n, int n_kv, int d, int pos0,
+                         ThreadPool& pool) {
+  auto rows = [&](const float* const* pages) {
+    return [=](int h, int j, float*) { return pages[j / page] + (int64_t(h) * page + j % page) * d; };
+  };
+  attention_rows(out, q, q_stride, T, n, n_kv, d, pos0, pool, rows(k_pages), rows(v_pages));
+}
+
+void attention_int8_gqa_paged(float* out, const float* q, int64_t q_stride, const KvInt8* k_pages,
+                              const KvInt8* v_pages, int page, int T, int n, int n_kv, int d, int pos0,
+                              ThreadPool& pool) {
+  auto rows = [&](const KvInt8* pages) {
+    return [=](int h, int j, float* buf) {
+      const KvInt8& p = pages[j / page];
+      const int64_t r = int64_t(h) * page + j % page;
+      const uint8_t* src = p.q + r * d;
+      const float s = p.scale[r], z = p.zero[r];
+      for (int c = 0; c < d; c++) buf[c] = s * (float(src[c]) - z);
+      return static_cast<const float*>(buf);
+    };
+  };
+  attention_rows(out, q, q_stride, T, n, n_kv, d, pos0, pool, rows(k_pages), rows(v_pages));
+}
+
 }  // namespace qwen::cpu

@@ -1,5 +1,7 @@
 // The CPU backend: SPEC 3's forward pass over weights read straight from the mapped checkpoint
-// (converted row by row to fp32 inside linear), fp32 activations and an fp32 KV cache.
+// (converted row by row to fp32 inside linear), fp32 activations and a paged fp32 (or int8) KV
+// cache.
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <memory>
@@ -13,93 +15,85 @@ namespace qwen {
 
 namespace {
 
-// A cache's storage for its capacity: [L, n, capacity, d] (fp32 or uint8), plus [L, n, capacity]
-// scales/zeros for int8. Left uninitialized: the OS commits pages as positions fill, so a long
-// contextLength costs memory only when used. (A base of CpuCache, so that growing can swap it.)
-struct CpuKvStorage {
-  std::unique_ptr<float[]> k, v;
-  std::unique_ptr<uint8_t[]> kq, vq;
-  std::unique_ptr<float[]> ks, kz, vs, vz;
-  size_t count = 0;
-};
-
-struct CpuCache : KvCache, CpuKvStorage {
+// A cache in pages of kKvPage positions, each page one allocation holding every layer's rows of
+// those positions: fp32 K, V [L, n, kKvPage, d]; int8: uint8 K, V [L, n, kKvPage, d] and fp32
+// scales/zeros [L, n, kKvPage] of K and of V. Position j is row j % kKvPage of page j / kKvPage.
+// Pages are left uninitialized and added as the sequence grows; nothing is copied.
+struct CpuCache : KvCache {
   int layers, heads, head_dim;  // heads: KV heads (n for QwenV1, n_kv for qwen2/qwen3)
   bool int8;
+  size_t plane = 0;     // elements of one layer's K (or V) rows in a page: heads * kKvPage * d
+  size_t sz_plane = 0;  // int8: floats of one layer's scales (or zeros) in a page: heads * kKvPage
+  size_t page_bytes = 0;
+  std::vector<std::unique_ptr<char[]>> pages;
   std::shared_ptr<std::atomic<size_t>> live_bytes;  // the backend's count of KV bytes in use
-  CpuCache(int L, int n, int d, int cap, bool quantized, std::shared_ptr<std::atomic<size_t>> live)
+  CpuCache(int L, int n, int d, bool quantized, std::shared_ptr<std::atomic<size_t>> live)
       : layers(L), heads(n), head_dim(d), int8(quantized), live_bytes(std::move(live)) {
-    capacity = cap;
-    count = size_t(L) * n * size_t(cap) * d;
-    const size_t rows = size_t(L) * n * size_t(cap);
-    try {
-      if (int8) {
-        kq.reset(new uint8_t[count]);
-        vq.reset(new uint8_t[count]);
-        for (auto* p : {&ks, &kz, &vs, &vz}) p->reset(new float[rows]);
-      } else {
-        k.reset(new float[count]);
-        v.reset(new float[count]);
-      }
-    } catch (const std::bad_alloc&) {
-      throw Error("out of memory allocating a KV cache of " + std::to_string(bytes() >> 20) +
-                  " MiB (lower contextLength)");
-    }
-    *live_bytes += bytes();
+    plane = size_t(n) * kKvPage * d;
+    sz_plane = size_t(n) * kKvPage;
+    page_bytes = int8 ? 2 * size_t(L) * plane + 4 * size_t(L) * sz_plane * sizeof(float)
+                      : 2 * size_t(L) * plane * sizeof(float);
   }
   ~CpuCache() override { *live_bytes -= bytes(); }
-  // Positions 0..length-1 of every (layer, head) row into `to` (same shape, capacity >= length).
-  void copy_positions_to(CpuCache& to) const {
-    for (size_t r = 0; r < size_t(layers) * heads; r++) {
-      const size_t src = r * size_t(capacity), dst = r * size_t(to.capacity), n = size_t(length);
-      if (int8) {
-        std::memcpy(to.kq.get() + dst * head_dim, kq.get() + src * head_dim, n * head_dim);
-        std::memcpy(to.vq.get() + dst * head_dim, vq.get() + src * head_dim, n * head_dim);
-        for (auto [a, b] : {std::pair{&to.ks, &ks}, {&to.kz, &kz}, {&to.vs, &vs}, {&to.vz, &vz}})
-          std::memcpy(a->get() + dst, b->get() + src, n * 4);
-      } else {
-        std::memcpy(to.k.get() + dst * head_dim, k.get() + src * head_dim, n * head_dim * 4);
-        std::memcpy(to.v.get() + dst * head_dim, v.get() + src * head_dim, n * head_dim * 4);
-      }
+  // Adds pages until `positions` fit; on a failed allocation the cache is as it was.
+  void grow(int positions) {
+    const size_t want = (size_t(positions) + kKvPage - 1) / kKvPage;
+    if (want <= pages.size()) return;
+    std::vector<std::unique_ptr<char[]>> added;
+    try {
+      while (pages.size() + added.size() < want) added.emplace_back(new char[page_bytes]);
+    } catch (const std::bad_alloc&) {
+      throw Error("out of memory allocating KV cache pages: " + std::to_string(want - pages.size()) + " of " +
+                  std::to_string(page_bytes >> 10) + " KiB (lower contextLength)");
     }
+    for (auto& p : added) pages.push_back(std::move(p));
+    *live_bytes += added.size() * page_bytes;
+    capacity = int(pages.size()) * kKvPage;
   }
-  // Exchanges the storage (and capacity) with `o`; the sequence state (length, tokens) stays.
-  void swap_storage(CpuCache& o) {
-    std::swap(static_cast<CpuKvStorage&>(*this), static_cast<CpuKvStorage&>(o));
-    std::swap(capacity, o.capacity);
+  // Layer l's planes in page p: K/V rows (fp32 or uint8) and, int8, K scale/zero, V scale/zero.
+  float* kf(size_t p, int l) const { return reinterpret_cast<float*>(pages[p].get()) + size_t(l) * plane; }
+  float* vf(size_t p, int l) const { return kf(p, l) + size_t(layers) * plane; }
+  uint8_t* kq(size_t p, int l) const { return reinterpret_cast<uint8_t*>(pages[p].get()) + size_t(l) * plane; }
+  uint8_t* vq(size_t p, int l) const { return kq(p, l) + size_t(layers) * plane; }
+  float* sz(size_t p, int l, int which) const {  // which: 0 K scale, 1 K zero, 2 V scale, 3 V zero
+    float* base = reinterpret_cast<float*>(pages[p].get() + 2 * size_t(layers) * plane);
+    return base + (size_t(which) * layers + size_t(l)) * sz_plane;
   }
-  size_t layer_offset(int l) const { return size_t(l) * heads * size_t(capacity) * head_dim; }
-  size_t row_offset(int l) const { return size_t(l) * heads * size_t(capacity); }
   // Writes position `pos`'s K and V rows (each [n, d], after rope) into layer l.
   void append(int l, int pos, const float* krow, const float* vrow) {
+    const size_t p = size_t(pos / kKvPage);
     for (int h = 0; h < heads; h++) {
-      const size_t r = row_offset(l) + size_t(h) * capacity + size_t(pos);
-      const size_t at = r * head_dim;
+      const size_t r = size_t(h) * kKvPage + size_t(pos % kKvPage), at = r * head_dim;
       if (int8) {
-        cpu::kv_quantize_int8(krow + h * head_dim, head_dim, kq.get() + at, &ks[r], &kz[r]);
-        cpu::kv_quantize_int8(vrow + h * head_dim, head_dim, vq.get() + at, &vs[r], &vz[r]);
+        cpu::kv_quantize_int8(krow + h * head_dim, head_dim, kq(p, l) + at, sz(p, l, 0) + r, sz(p, l, 1) + r);
+        cpu::kv_quantize_int8(vrow + h * head_dim, head_dim, vq(p, l) + at, sz(p, l, 2) + r, sz(p, l, 3) + r);
       } else {
-        std::memcpy(k.get() + at, krow + h * head_dim, size_t(head_dim) * 4);
-        std::memcpy(v.get() + at, vrow + h * head_dim, size_t(head_dim) * 4);
+        std::memcpy(kf(p, l) + at, krow + h * head_dim, size_t(head_dim) * 4);
+        std::memcpy(vf(p, l) + at, vrow + h * head_dim, size_t(head_dim) * 4);
       }
     }
   }
   // n_q query heads (a multiple of the cache's `heads` KV heads) at positions pos0 .. pos0+T-1.
   void attention(float* out, const float* q, int64_t q_stride, int n_q, int l, int T, int pos0,
                  cpu::ThreadPool& pool) const {
+    const size_t np = (size_t(pos0 + T) + kKvPage - 1) / kKvPage;
     if (int8) {
-      const size_t lo = layer_offset(l), ro = row_offset(l);
-      cpu::KvInt8 K{kq.get() + lo, ks.get() + ro, kz.get() + ro}, V{vq.get() + lo, vs.get() + ro, vz.get() + ro};
-      cpu::attention_int8_gqa(out, q, q_stride, K, V, capacity, T, n_q, heads, head_dim, pos0, pool);
+      std::vector<cpu::KvInt8> K(np), V(np);
+      for (size_t p = 0; p < np; p++) {
+        K[p] = {kq(p, l), sz(p, l, 0), sz(p, l, 1)};
+        V[p] = {vq(p, l), sz(p, l, 2), sz(p, l, 3)};
+      }
+      cpu::attention_int8_gqa_paged(out, q, q_stride, K.data(), V.data(), kKvPage, T, n_q, heads, head_dim, pos0, pool);
     } else {
-      cpu::attention_gqa(out, q, q_stride, k.get() + layer_offset(l), v.get() + layer_offset(l), capacity, T, n_q, heads,
-                         head_dim, pos0, pool);
+      std::vector<const float*> K(np), V(np);
+      for (size_t p = 0; p < np; p++) {
+        K[p] = kf(p, l);
+        V[p] = vf(p, l);
+      }
+      cpu::attention_gqa_paged(out, q, q_stride, K.data(), V.data(), kKvPage, T, n_q, heads, head_dim, pos0, pool);
     }
   }
-  size_t bytes() const override {
-    const size_t rows = size_t(layers) * heads * size_t(capacity);
-    return int8 ? 2 * count + 4 * rows * sizeof(float) : 2 * count * sizeof(float);
-  }
+  size_t bytes() const override { return pages.size() * page_bytes; }
 };
 
 std::vector<float> to_f32_vector(const Tensor& t) {
@@ -140,16 +134,15 @@ class CpuBackend : public Backend {
 
   std::string name() const override { return "cpu (" + std::to_string(pool_.size()) + " threads)"; }
 
-  std::unique_ptr<KvCache> new_cache(int capacity) override {
-    return std::make_unique<CpuCache>(cfg_.num_layers, cfg_.num_kv_heads, cfg_.head_dim, capacity, int8_kv_, live_kv_);
+  std::unique_ptr<KvCache> new_cache(int capacity, int limit) override {
+    auto c = std::make_unique<CpuCache>(cfg_.num_layers, cfg_.num_kv_heads, cfg_.head_dim, int8_kv_, live_kv_);
+    c->limit = limit > 0 ? limit : capacity;
+    c->grow(std::max(capacity, 1));
+    return c;
   }
 
   void grow_cache(KvCache& base, int capacity) override {
-    CpuCache& c = dynamic_cast<CpuCache&>(base);
-    if (capacity <= c.capacity) return;
-    CpuCache fresh(c.layers, c.heads, c.head_dim, capacity, c.int8, c.live_bytes);
-    c.copy_positions_to(fresh);
-    c.swap_storage(fresh);  // fresh now holds the old storage and frees it
+    dynamic_cast<CpuCache&>(base).grow(std::min(capacity, base.max_positions()));
   }
 
   MemoryReport memory() const override {

@@ -53,6 +53,16 @@ void attention_int8(float* out, const float* q, int64_t q_stride, const KvInt8& 
 void attention_int8_gqa(float* out, const float* q, int64_t q_stride, const KvInt8& k, const KvInt8& v, int capacity,
                         int T, int n, int n_kv, int d, int pos0, ThreadPool& pool);
 
+// The same two over a paged cache (the CPU backend's): position j of KV head h is row
+// h * page + j % page of page j / page, whose rows of this layer k_pages[j / page] (and v_pages)
+// point at: [n_kv, page, d] floats; int8: a KvInt8 per page (scales/zeros [n_kv, page]).
+void attention_gqa_paged(float* out, const float* q, int64_t q_stride, const float* const* k_pages,
+                         const float* const* v_pages, int page, int T, int n, int n_kv, int d, int pos0,
+                         ThreadPool& pool);
+void attention_int8_gqa_paged(float* out, const float* q, int64_t q_stride, const KvInt8* k_pages,
+                              const KvInt8* v_pages, int page, int T, int n, int n_kv, int d, int pos0,
+                              ThreadPool& pool);
+
 // out[i] = a[i] * silu(b[i])  (Qwen: w1(h) * silu(w2(h)))
 void swiglu(float* out, const float* a, const float* b, int64_t count);
 

@@ -1,8 +1,8 @@
 // Split-KV ("flash-decoding") attention for the decode step, and the generic fallback for any
 // head_dim at prefill.
 // q [T, n, d] (bf16/fp16) at positions pos0.. (pos0 in device memory: the decode graph reads it
-// at replay); K/V cache [n_kv, cap, d] (GQA: query head h reads KV head h / (n / n_kv)); query t
-// sees keys 0..pos0+t (causal). out [T, n, d].
+// at replay); one layer of a K/V cache (a KvLayer: [n_kv, cap, d], or paged) (GQA: query head h
+// reads KV head h / (n / n_kv)); query t sees keys 0..pos0+t (causal). out [T, n, d].
 // Kernel 1, grid (n / gc, splits, T), 128 threads: the block takes keys [s*kps, (s+1)*kps) of
 // one KV head for gc of its query heads, kps = max(kmin, ceil(len / splits)) computed in the
 // kernel from the live length len (pos0 + t + 1), so a short context in a long cache still
@@ -35,22 +35,24 @@ __device__ __forceinline__ int keys_per_split(int len, int splits, int kmin) {
   return max(kmin, (len + splits - 1) / splits);
 }
 
-// 8 consecutive values of one cache row (row = h * cap + j) at element offset `col`, as fp32:
-// the 16-bit cache as stored, the int8 cache dequantized exactly as cpu::attention_int8.
+// 8 consecutive values of row (h, j) of a cache plane at element offset `col`: raw, then as fp32
+// (the 16-bit cache as stored, the int8 cache dequantized exactly as cpu::attention_int8 with the
+// row's (scale, zero) from the matching sz plane).
 template <typename T, bool Q8> struct KvRead {
-  const void* base;
-  const float2* sz;
-  __device__ __forceinline__ uint4 raw(int64_t row, int d, int col) const {
+  static constexpr int kElem = Q8 ? 1 : int(sizeof(T));
+  __device__ __forceinline__ static uint4 raw(const KvLayer& L, char* plane, int h, int j, int d, int col) {
+    const char* p = kv_row(L, plane, h, j, d * kElem) + col * kElem;
     if constexpr (Q8) {
-      const uint2 u = *reinterpret_cast<const uint2*>(static_cast<const uint8_t*>(base) + row * d + col);
+      const uint2 u = *reinterpret_cast<const uint2*>(p);
       return make_uint4(u.x, u.y, 0, 0);
     } else {
-      return *reinterpret_cast<const uint4*>(static_cast<const T*>(base) + row * d + col);
+      return *reinterpret_cast<const uint4*>(p);
     }
   }
-  __device__ __forceinline__ void convert(const uint4& u, int64_t row, float (&f)[8]) const {
+  __device__ __forceinline__ static void convert(const uint4& u, const KvLayer& L, char* sz, int h, int j,
+                                                 float (&f)[8]) {
     if constexpr (Q8) {
-      const float2 p = sz[row];
+      const float2 p = *reinterpret_cast<const float2*>(kv_row(L, sz, h, j, sizeof(float2)));
 #pragma unroll
       for (int i = 0; i < 8; i++) f[i] = p.x * (float(((i < 4 ? u.x : u.y) >> (8 * (i % 4))) & 0xFFu) - p.y);
     } else {
@@ -63,8 +65,8 @@ template <typename T, bool Q8> struct KvRead {
 // and value row is read (and, for int8, dequantized) once per block and used by its gc heads.
 template <typename T, bool Q8, int GM>
 __global__ void __launch_bounds__(kThreads)
-    attn_split_kernel(T* __restrict__ out, float* __restrict__ partial, const T* __restrict__ q, KvRead<T, Q8> Kr,
-                      KvRead<T, Q8> Vr, int cap, const int* __restrict__ pos0_dev, int n, int n_kv, int gc, int d,
+    attn_split_kernel(T* __restrict__ out, float* __restrict__ partial, const T* __restrict__ q, KvLayer kv,
+                      const int* __restrict__ pos0_dev, int n, int n_kv, int gc, int d,
                       int splits, int kmin, float scale, const KvBatchRow* __restrict__ brows, int layer) {
   extern __shared__ float sm[];  // [groups][gc][d + 2]: m, l, acc
   pdl_wait();
@@ -74,13 +76,7 @@ __global__ void __launch_bounds__(kThreads)
   int len;
   if (brows) {  // batched decode: this row's own cache
     const KvBatchRow& e = brows[t];
-    Kr.base = e.k + layer * e.layer_bytes;
-    Vr.base = e.v + layer * e.layer_bytes;
-    if constexpr (Q8) {
-      Kr.sz = reinterpret_cast<const float2*>(e.ksz + layer * e.sz_layer_bytes);
-      Vr.sz = reinterpret_cast<const float2*>(e.vsz + layer * e.sz_layer_bytes);
-    }
-    cap = e.cap;
+    kv = kv_layer_of(e, layer);
     len = e.pos + 1;
   } else {
     len = *pos0_dev + t + 1;
@@ -102,7 +98,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int i = 0; i < 8; i++) qf[a][i] = 0.0f;
     }
   }
-  const int64_t hrow = int64_t(kvh) * cap;
+  using R = KvRead<T, Q8>;
 
   float m[GM], l[GM], acc[GM][8];
 #pragma unroll
@@ -116,20 +112,20 @@ __global__ void __launch_bounds__(kThreads)
   for (int jb = k_begin; jb < k_end; jb += 2 * G) {
     const int j1 = jb + g, j2 = jb + G + g;
     const bool ok1 = j1 < k_end, ok2 = j2 < k_end;
-    const int64_t r1 = hrow + (ok1 ? j1 : k_begin), r2 = hrow + (ok2 ? j2 : k_begin);
-    const uint4 ka = Kr.raw(r1, d, sub * 8);
-    const uint4 kb = Kr.raw(r2, d, sub * 8);
-    const uint4 va = Vr.raw(r1, d, sub * 8);
-    const uint4 vb = Vr.raw(r2, d, sub * 8);
+    const int r1 = ok1 ? j1 : k_begin, r2 = ok2 ? j2 : k_begin;
+    const uint4 ka = R::raw(kv, kv.k, kvh, r1, d, sub * 8);
+    const uint4 kb = R::raw(kv, kv.k, kvh, r2, d, sub * 8);
+    const uint4 va = R::raw(kv, kv.v, kvh, r1, d, sub * 8);
+    const uint4 vb = R::raw(kv, kv.v, kvh, r2, d, sub * 8);
     float f[8], s1[GM], s2[GM];
-    Kr.convert(ka, r1, f);
+    R::convert(ka, kv, kv.ksz, kvh, r1, f);
 #pragma unroll
     for (int a = 0; a < GM; a++) {
       s1[a] = 0.0f;
 #pragma unroll
       for (int i = 0; i < 8; i++) s1[a] = fmaf(qf[a][i], f[i], s1[a]);
     }
-    Kr.convert(kb, r2, f);
+    R::convert(kb, kv, kv.ksz, kvh, r2, f);
 #pragma unroll
     for (int a = 0; a < GM; a++) {
       s2[a] = 0.0f;
@@ -144,8 +140,8 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
     float fa[8], fb[8];
-    Vr.convert(va, r1, fa);
-    Vr.convert(vb, r2, fb);
+    R::convert(va, kv, kv.vsz, kvh, r1, fa);
+    R::convert(vb, kv, kv.vsz, kvh, r2, fb);
 #pragma unroll
     for (int a = 0; a < GM; a++) {
       const float x1 = ok1 ? s1[a] * scale : -INFINITY;
@@ -247,19 +243,17 @@ __global__ void __launch_bounds__(kThreads)
 namespace {
 
 template <typename E, bool Q8, int GM>
-void launch_split(E* out, float* partial, const E* q, KvRead<E, Q8> Kr, KvRead<E, Q8> Vr, int cap, const int* pos0_dev,
+void launch_split(E* out, float* partial, const E* q, const KvLayer& kv, const int* pos0_dev,
                   int T, int n, int n_kv, int gc, int d, int splits, int kmin, float scale, cudaStream_t s,
                   const KvBatchRow* brows, int layer) {
   const int groups = (kThreads / 32) * (32 / (d / 8));
   const size_t smem = size_t(groups) * gc * (d + 2) * sizeof(float);
-  launch_pdl(attn_split_kernel<E, Q8, GM>, dim3(n / gc, splits, T), kThreads, smem, s, out, partial, q, Kr, Vr, cap,
-             pos0_dev, n, n_kv, gc, d, splits, kmin, scale, brows, layer);
+  launch_pdl(attn_split_kernel<E, Q8, GM>, dim3(n / gc, splits, T), kThreads, smem, s, out, partial, q, kv, pos0_dev, n, n_kv, gc, d, splits, kmin, scale, brows, layer);
   CK_LAUNCH("attn_split_kernel");
 }
 
 template <bool Q8>
-void launch_decode(void* out, const void* q, const void* k, const float2* ksz, const void* v, const float2* vsz, int cap,
-                   const int* pos0_dev, int T, int n, int n_kv, int d, int splits, float* partial, DT dt,
+void launch_decode(void* out, const void* q, const KvLayer& kv, const int* pos0_dev, int T, int n, int n_kv, int d, int splits, float* partial, DT dt,
                    cudaStream_t s, const KvBatchRow* brows = nullptr, int layer = 0) {
   if (d < 8 || d > 256 || (d & (d - 1)) != 0)
     throw Error("cuda: attention supports head_dim 8, 16, 32, 64, 128 or 256 (got " + std::to_string(d) + ")");
@@ -275,17 +269,16 @@ void launch_decode(void* out, const void* q, const void* k, const float2* ksz, c
   while (g % gc != 0) gc--;
   const float scale = 1.0f / std::sqrt(float(d));
   QWEN_DISPATCH_DT(dt, E, {
-    KvRead<E, Q8> Kr{k, ksz}, Vr{v, vsz};
     E* o = static_cast<E*>(out);
     const E* qq = static_cast<const E*>(q);
     if (gc == 1)
-      launch_split<E, Q8, 1>(o, partial, qq, Kr, Vr, cap, pos0_dev, T, n, n_kv, gc, d, splits, kmin, scale, s, brows, layer);
+      launch_split<E, Q8, 1>(o, partial, qq, kv, pos0_dev, T, n, n_kv, gc, d, splits, kmin, scale, s, brows, layer);
     else if (gc == 2)
-      launch_split<E, Q8, 2>(o, partial, qq, Kr, Vr, cap, pos0_dev, T, n, n_kv, gc, d, splits, kmin, scale, s, brows, layer);
+      launch_split<E, Q8, 2>(o, partial, qq, kv, pos0_dev, T, n, n_kv, gc, d, splits, kmin, scale, s, brows, layer);
     else if (gc <= 4)
-      launch_split<E, Q8, 4>(o, partial, qq, Kr, Vr, cap, pos0_dev, T, n, n_kv, gc, d, splits, kmin, scale, s, brows, layer);
+      launch_split<E, Q8, 4>(o, partial, qq, kv, pos0_dev, T, n, n_kv, gc, d, splits, kmin, scale, s, brows, layer);
     else
-      launch_split<E, Q8, 8>(o, partial, qq, Kr, Vr, cap, pos0_dev, T, n, n_kv, gc, d, splits, kmin, scale, s, brows, layer);
+      launch_split<E, Q8, 8>(o, partial, qq, kv, pos0_dev, T, n, n_kv, gc, d, splits, kmin, scale, s, brows, layer);
     if (splits > 1) {
       // wgt[splits], padded: the unrolled weighted sum may load up to 3 entries past `active`
       // (compute-sanitizer saw a 12-byte read past an 8-byte allocation with splits = 2).
@@ -299,26 +292,32 @@ void launch_decode(void* out, const void* q, const void* k, const float2* ksz, c
 
 }  // namespace
 
+void attention_decode_kv(void* out, const void* q, const KvLayer& kv, bool int8, const int* pos0_dev, int T, int n,
+                         int n_kv, int d, int splits, float* partial, DT dt, cudaStream_t s) {
+  if (int8)
+    launch_decode<true>(out, q, kv, pos0_dev, T, n, n_kv, d, splits, partial, dt, s);
+  else
+    launch_decode<false>(out, q, kv, pos0_dev, T, n, n_kv, d, splits, partial, dt, s);
+}
+
 void attention_decode(void* out, const void* q, const void* k_cache, const void* v_cache, int cap, const int* pos0_dev,
                       int T, int n, int n_kv, int d, int splits, float* partial, DT dt, cudaStream_t s) {
-  launch_decode<false>(out, q, k_cache, nullptr, v_cache, nullptr, cap, pos0_dev, T, n, n_kv, d, splits, partial, dt,
-                       s);
+  attention_decode_kv(out, q, kv_contiguous(const_cast<void*>(k_cache), const_cast<void*>(v_cache), cap), false,
+                      pos0_dev, T, n, n_kv, d, splits, partial, dt, s);
 }
 
 void attention_decode_batched(void* out, const void* q, const KvBatchRow* rows, int layer, bool int8, int T, int n,
                               int n_kv, int d, int splits, float* partial, DT dt, cudaStream_t s) {
   if (int8)
-    launch_decode<true>(out, q, nullptr, nullptr, nullptr, nullptr, 0, nullptr, T, n, n_kv, d, splits, partial, dt, s,
-                        rows, layer);
+    launch_decode<true>(out, q, KvLayer{}, nullptr, T, n, n_kv, d, splits, partial, dt, s, rows, layer);
   else
-    launch_decode<false>(out, q, nullptr, nullptr, nullptr, nullptr, 0, nullptr, T, n, n_kv, d, splits, partial, dt,
-                         s, rows, layer);
+    launch_decode<false>(out, q, KvLayer{}, nullptr, T, n, n_kv, d, splits, partial, dt, s, rows, layer);
 }
 
 void attention_decode_int8(void* out, const void* q, KvQ8 k_cache, KvQ8 v_cache, int cap, const int* pos0_dev, int T,
                            int n, int n_kv, int d, int splits, float* partial, DT dt, cudaStream_t s) {
-  launch_decode<true>(out, q, k_cache.q, k_cache.sz, v_cache.q, v_cache.sz, cap, pos0_dev, T, n, n_kv, d, splits,
-                      partial, dt, s);
+  attention_decode_kv(out, q, kv_contiguous(k_cache, v_cache, cap), true, pos0_dev, T, n, n_kv, d, splits, partial, dt,
+                      s);
 }
 
 }  // namespace qwen::cuda

@@ -1,6 +1,7 @@
 // Prefill attention: tiled causal flash attention on tensor cores, any pos0 (a non-empty cache:
 // chunked prefill equals one-shot prefill).
-// q [T, n, d] (bf16/fp16) at positions pos0..pos0+T-1; K/V cache [n_kv, cap, d] already holding
+// q [T, n, d] (bf16/fp16) at positions pos0..pos0+T-1; one layer of a K/V cache (a KvLayer:
+// [n_kv, cap, d], or paged: a 64-key tile is one page's rows) already holding
 // positions 0..pos0+T-1; query t sees keys 0..pos0+t. out [T, n, d].
 // Design (FlashAttention-2 style): grid (n_kv, ceil(T*g/64)), the last row tile first, 4 warps; a block owns 64 query rows
 // of one KV head, each warp 16 rows whose Q fragments stay in registers. GQA (g = n / n_kv query
@@ -28,13 +29,13 @@ namespace {
 constexpr int BQ = 64, BKV = 64, kThreads = 128;
 template <int D> constexpr int smem_bytes() { return (BQ + 4 * BKV) * (D + 8) * 2; }
 
-// Q8: the cache is the int8 one (kc/vc uint8, ksz/vsz (scale, zero) per row): K/V tiles are read
-// with plain loads, dequantized in fp32 and stored to shared memory in T (no cp.async for them).
+// Q8: the cache is the int8 one (k/v rows uint8, a (scale, zero) row each in ksz/vsz): K/V tiles
+// are read with plain loads, dequantized in fp32 and stored to shared memory in T (no cp.async
+// for them).
 template <typename T, int D, bool Q8>
 __global__ void __launch_bounds__(kThreads)
-    flash_prefill_kernel(T* __restrict__ out, const T* __restrict__ q, const void* __restrict__ kc,
-                         const void* __restrict__ vc, const float2* __restrict__ ksz, const float2* __restrict__ vsz,
-                         int cap, int pos0, int T_, int n, int g, float scale_log2, bool heavy_first) {
+    flash_prefill_kernel(T* __restrict__ out, const T* __restrict__ q, KvLayer kv, int pos0, int T_, int n, int g,
+                         float scale_log2, bool heavy_first) {
   constexpr int LD = D + 8, CPR = D / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);  // [BQ][LD]
@@ -51,8 +52,7 @@ __global__ void __launch_bounds__(kThreads)
   const int kv_len = pos0 + (r0 + q_rows - 1) / g + 1;  // this block needs keys 0..kv_len-1
   const int ntiles = (kv_len + BKV - 1) / BKV;
   const int h = hk;  // the KV head
-  const T* Kh = static_cast<const T*>(kc) + int64_t(h) * cap * D;
-  const T* Vh = static_cast<const T*>(vc) + int64_t(h) * cap * D;
+  constexpr int kRowBytes = Q8 ? D : D * int(sizeof(T));
   auto qrow_off = [&](int r) { return (int64_t(r / g) * n + int64_t(hk) * g + r % g) * D; };
 
   for (int c = tid; c < BQ * CPR; c += kThreads) {
@@ -65,15 +65,14 @@ __global__ void __launch_bounds__(kThreads)
     for (int c = tid; c < BKV * CPR; c += kThreads) {
       const int r = c / CPR, col = (c % CPR) * 8;
       const bool p = k0 + r < kv_len;
-      const int64_t off = int64_t(k0 + r) * D + col;
       if constexpr (Q8) {
         uint4 ko = make_uint4(0, 0, 0, 0), vo = ko;
         if (p) {
-          const int64_t row = int64_t(h) * cap + k0 + r;
-          const uint8_t* kq = static_cast<const uint8_t*>(kc) + row * D + col;
-          const uint8_t* vq = static_cast<const uint8_t*>(vc) + row * D + col;
-          const uint2 ku = *reinterpret_cast<const uint2*>(kq), vu = *reinterpret_cast<const uint2*>(vq);
-          const float2 ks = ksz[row], vs = vsz[row];
+          const int j = k0 + r;
+          const uint2 ku = *reinterpret_cast<const uint2*>(kv_row(kv, kv.k, h, j, kRowBytes) + col);
+          const uint2 vu = *reinterpret_cast<const uint2*>(kv_row(kv, kv.v, h, j, kRowBytes) + col);
+          const float2 ks = *reinterpret_cast<const float2*>(kv_row(kv, kv.ksz, h, j, sizeof(float2)));
+          const float2 vs = *reinterpret_cast<const float2*>(kv_row(kv, kv.vsz, h, j, sizeof(float2)));
           float fk[8], fv[8];
 #pragma unroll
           for (int i = 0; i < 8; i++) {
@@ -86,8 +85,11 @@ __global__ void __launch_bounds__(kThreads)
         *reinterpret_cast<uint4*>(sK + (buf * BKV + r) * LD + col) = ko;
         *reinterpret_cast<uint4*>(sV + (buf * BKV + r) * LD + col) = vo;
       } else {
-        cp_async16(sK + (buf * BKV + r) * LD + col, p ? Kh + off : Kh, p);
-        cp_async16(sV + (buf * BKV + r) * LD + col, p ? Vh + off : Vh, p);
+        // (an empty row copies nothing: its source only has to be a valid address, q's)
+        const T* ks = p ? reinterpret_cast<const T*>(kv_row(kv, kv.k, h, k0 + r, kRowBytes)) + col : q;
+        const T* vs = p ? reinterpret_cast<const T*>(kv_row(kv, kv.v, h, k0 + r, kRowBytes)) + col : q;
+        cp_async16(sK + (buf * BKV + r) * LD + col, ks, p);
+        cp_async16(sV + (buf * BKV + r) * LD + col, vs, p);
       }
     }
   };
@@ -211,8 +213,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename T, int D, bool Q8>
-void launch_flash(void* out, const void* q, const void* k_cache, const void* v_cache, const float2* ksz,
-                  const float2* vsz, int cap, int pos0, int rows, int n, int n_kv, cudaStream_t s) {
+void launch_flash(void* out, const void* q, const KvLayer& kv, int pos0, int rows, int n, int n_kv, cudaStream_t s) {
   constexpr int smem = smem_bytes<D>();
   CK(cudaFuncSetAttribute(flash_prefill_kernel<T, D, Q8>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   const float scale_log2 = float(1.0 / std::sqrt(double(D)) * 1.4426950408889634);
@@ -223,22 +224,21 @@ void launch_flash(void* out, const void* q, const void* k_cache, const void* v_c
   }();
   const int tiles = ceil_div(rows * g, BQ);
   const dim3 grid = heavy_first ? dim3(n_kv, tiles) : dim3(tiles, n_kv);
-  flash_prefill_kernel<T, D, Q8><<<grid, kThreads, smem, s>>>(static_cast<T*>(out), static_cast<const T*>(q), k_cache,
-                                                              v_cache, ksz, vsz, cap, pos0, rows, n, g, scale_log2,
-                                                              heavy_first);
+  flash_prefill_kernel<T, D, Q8><<<grid, kThreads, smem, s>>>(static_cast<T*>(out), static_cast<const T*>(q), kv, pos0,
+                                                              rows, n, g, scale_log2, heavy_first);
   CK_LAUNCH("flash_prefill_kernel");
 }
 
 template <bool Q8>
-void prefill_dispatch(void* out, const void* q, const void* k, const void* v, const float2* ksz, const float2* vsz,
-                      int cap, int pos0, int T, int n, int n_kv, int d, DT dt, cudaStream_t s) {
+void prefill_dispatch(void* out, const void* q, const KvLayer& kv, int pos0, int T, int n, int n_kv, int d, DT dt,
+                      cudaStream_t s) {
   if (n_kv < 1 || n % n_kv != 0)
     throw Error("cuda: attention over " + std::to_string(n) + " query heads and " + std::to_string(n_kv) +
                 " KV heads (n_kv must divide n)");
   if (d == 64) {
-    QWEN_DISPATCH_DT(dt, E, launch_flash<E, 64, Q8>(out, q, k, v, ksz, vsz, cap, pos0, T, n, n_kv, s));
+    QWEN_DISPATCH_DT(dt, E, launch_flash<E, 64, Q8>(out, q, kv, pos0, T, n, n_kv, s));
   } else if (d == 128) {
-    QWEN_DISPATCH_DT(dt, E, launch_flash<E, 128, Q8>(out, q, k, v, ksz, vsz, cap, pos0, T, n, n_kv, s));
+    QWEN_DISPATCH_DT(dt, E, launch_flash<E, 128, Q8>(out, q, kv, pos0, T, n, n_kv, s));
   } else {
     throw Error("cuda: attention_prefill supports head_dim 64 and 128 (got " + std::to_string(d) + ")");
   }
@@ -246,14 +246,23 @@ void prefill_dispatch(void* out, const void* q, const void* k, const void* v, co
 
 }  // namespace
 
+void attention_prefill_kv(void* out, const void* q, const KvLayer& kv, bool int8, int pos0, int T, int n, int n_kv,
+                          int d, DT dt, cudaStream_t s) {
+  if (int8)
+    prefill_dispatch<true>(out, q, kv, pos0, T, n, n_kv, d, dt, s);
+  else
+    prefill_dispatch<false>(out, q, kv, pos0, T, n, n_kv, d, dt, s);
+}
+
 void attention_prefill(void* out, const void* q, const void* k_cache, const void* v_cache, int cap, int pos0, int T,
                        int n, int n_kv, int d, DT dt, cudaStream_t s) {
-  prefill_dispatch<false>(out, q, k_cache, v_cache, nullptr, nullptr, cap, pos0, T, n, n_kv, d, dt, s);
+  attention_prefill_kv(out, q, kv_contiguous(const_cast<void*>(k_cache), const_cast<void*>(v_cache), cap), false, pos0,
+                       T, n, n_kv, d, dt, s);
 }
 
 void attention_prefill_int8(void* out, const void* q, KvQ8 k_cache, KvQ8 v_cache, int cap, int pos0, int T, int n,
                             int n_kv, int d, DT dt, cudaStream_t s) {
-  prefill_dispatch<true>(out, q, k_cache.q, v_cache.q, k_cache.sz, v_cache.sz, cap, pos0, T, n, n_kv, d, dt, s);
+  attention_prefill_kv(out, q, kv_contiguous(k_cache, v_cache, cap), true, pos0, T, n, n_kv, d, dt, s);
 }
 
 }  // namespace qwen::cuda

@@ -117,24 +117,80 @@ struct DevLayer {
 
 class CudaBackend;
 
-// A cache's device storage for its capacity (a base of CudaCache, so that growing can swap it).
-struct CudaKvStorage {
-  void* mem = nullptr;  // one allocation: k, v [L, n_kv, cap, d], (int8: ksz, vsz [L, n_kv, cap]), inv_freq, partial
-  size_t bytes_ = 0, layer_bytes = 0, sz_layer_bytes = 0;
-  char* k = nullptr;
-  char* v = nullptr;
-  char* ksz = nullptr;
-  char* vsz = nullptr;
-  float* inv_freq = nullptr;
-  float* partial = nullptr;  // decode attention partials [n, splits, d + 2]
-  int splits = 1;
+static_assert(cuda::kKvPage == kKvPage, "the kernels and the core page KV caches alike");
+
+// The KV pages of one backend, all of one size (every layer's K and V rows of kKvPage positions):
+// cudaMalloc'd one at a time, and kept on a free list when a cache lets them go (up to
+// kKeepBytes) so that the next sequences take them without a cudaMalloc or a cudaFree (a
+// cudaFree waits for the whole device). Shared by the caches, which may outlive the backend.
+struct PagePool {
+  static constexpr size_t kKeepBytes = size_t(1) << 30;
+  int device = 0;
+  size_t page_bytes = 0;
+  std::string gpu;
+  std::mutex mu;
+  std::vector<char*> free;
+  ~PagePool() {
+    cudaSetDevice(device);
+    for (char* p : free) cudaFree(p);
+  }
+  char* take() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!free.empty()) {
+        char* p = free.back();
+        free.pop_back();
+        return p;
+      }
+    }
+    void* p = nullptr;
+    const cudaError_t e = cudaMalloc(&p, page_bytes);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      size_t free_b = 0, total_b = 0;
+      cudaMemGetInfo(&free_b, &total_b);
+      throw Error("cuda: out of memory for the KV cache: a page of " + std::to_string(kKvPage) + " positions takes " +
+                  std::to_string(page_bytes >> 10) + " KiB, " + gib(free_b) + " GiB free on " + gpu +
+                  " (fewer concurrent sequences, shorter ones, or kvCache: 'int8')");
+    }
+    return static_cast<char*>(p);
+  }
+  void give(char* p) {
+    std::lock_guard<std::mutex> lock(mu);
+    if ((free.size() + 1) * page_bytes <= kKeepBytes) {
+      free.push_back(p);
+    } else {
+      cudaSetDevice(device);
+      cudaFree(p);
+    }
+  }
+  size_t free_bytes() {
+    std::lock_guard<std::mutex> lock(mu);
+    return free.size() * page_bytes;
+  }
 };
 
-class CudaCache : public KvCache, public CudaKvStorage {
+// One sequence's cache: its pages (a page holds, for kKvPage positions, K then V rows of every
+// layer [L][n_kv][kKvPage][d], then for int8 the (scale, zero) pairs of K then V [L][n_kv][kKvPage])
+// and one allocation `aux` for the page table the kernels read (room for the limit's pages, so
+// its address, and a graph captured with it, never change), the rope table and the decode
+// attention partials.
+class CudaCache : public KvCache {
  public:
   const CudaBackend* owner = nullptr;
   int device = 0;
+  int layers = 0;
   bool int8 = false;  // uint8 k/v with (scale, zero) per (token, head); else the 16-bit type
+  std::shared_ptr<PagePool> pool;
+  std::vector<char*> pages;  // host copy of the table
+  void* aux = nullptr;
+  size_t aux_bytes = 0;
+  char** table = nullptr;  // device [max_pages]
+  int max_pages = 0;
+  size_t plane_bytes = 0, sz_plane_bytes = 0;  // one layer's K (or V) rows / (scale, zero) pairs in a page
+  float* inv_freq = nullptr;
+  float* partial = nullptr;  // decode attention partials [n, splits, d + 2]
+  int splits = 1;
   double alpha_uploaded = -1.0;
   cudaGraphExec_t graph = nullptr;
   std::shared_ptr<std::atomic<size_t>> live;
@@ -142,26 +198,22 @@ class CudaCache : public KvCache, public CudaKvStorage {
   ~CudaCache() override {
     cudaSetDevice(device);
     if (graph) cudaGraphExecDestroy(graph);
-    if (mem) cudaFree(mem);
-    if (live) *live -= bytes_;
+    for (char* p : pages) pool->give(p);
+    if (aux) cudaFree(aux);
+    if (live) *live -= bytes();
   }
-  size_t bytes() const override { return bytes_; }
-  // Exchanges the device storage (and capacity) with `o`; the sequence state stays. The graph
-  // captured this cache's old pointers and the rope table must be uploaded again.
-  void swap_storage(CudaCache& o) {
-    std::swap(static_cast<CudaKvStorage&>(*this), static_cast<CudaKvStorage&>(o));
-    std::swap(capacity, o.capacity);
-    if (graph) cudaGraphExecDestroy(graph);
-    graph = nullptr;
-    alpha_uploaded = -1.0;
-  }
-  void* k_layer(int l) { return k + size_t(l) * layer_bytes; }
-  void* v_layer(int l) { return v + size_t(l) * layer_bytes; }
-  cuda::KvQ8 kq(int l) {
-    return {reinterpret_cast<uint8_t*>(k_layer(l)), reinterpret_cast<float2*>(ksz + size_t(l) * sz_layer_bytes)};
-  }
-  cuda::KvQ8 vq(int l) {
-    return {reinterpret_cast<uint8_t*>(v_layer(l)), reinterpret_cast<float2*>(vsz + size_t(l) * sz_layer_bytes)};
+  size_t bytes() const override { return pages.size() * (pool ? pool->page_bytes : 0) + aux_bytes; }
+  // Layer l as the kernels address it: the page table and the byte offsets of its planes.
+  cuda::KvLayer layer(int l) const {
+    auto off = [](size_t b) { return reinterpret_cast<char*>(uintptr_t(b)); };
+    const size_t L = size_t(layers), kv = 2 * L * plane_bytes;
+    cuda::KvLayer r;
+    r.pages = table;
+    r.k = off(size_t(l) * plane_bytes);
+    r.v = off((L + size_t(l)) * plane_bytes);
+    r.ksz = off(kv + size_t(l) * sz_plane_bytes);
+    r.vsz = off(kv + (L + size_t(l)) * sz_plane_bytes);
+    return r;
   }
 };
 
@@ -191,6 +243,15 @@ class CudaBackend : public Backend {
     }
     int8_kv_ = opt.kv_cache == KvCacheType::Int8;
     live_kv_ = std::make_shared<std::atomic<size_t>>(0);
+    {
+      const size_t rows = size_t(cfg.num_kv_heads) * kKvPage;
+      page_plane_bytes_ = align256(rows * size_t(cfg.head_dim) * (int8_kv_ ? 1 : 2));
+      page_sz_plane_bytes_ = int8_kv_ ? align256(rows * sizeof(float2)) : 0;
+      page_pool_ = std::make_shared<PagePool>();
+      page_pool_->device = dev_;
+      page_pool_->gpu = gpu_name_;
+      page_pool_->page_bytes = 2 * size_t(cfg.num_layers) * (page_plane_bytes_ + page_sz_plane_bytes_);
+    }
     try {
       load(w, progress);
     } catch (...) {
@@ -205,72 +266,71 @@ class CudaBackend : public Backend {
     return "cuda:" + std::to_string(dev_) + " (" + gpu_name_ + ", " + cuda::dt_name(dt_) + ")";
   }
 
-  std::unique_ptr<KvCache> new_cache(int capacity) override {
+  std::unique_ptr<KvCache> new_cache(int capacity, int limit) override {
     std::lock_guard<std::mutex> lock(mu_);
     CK(cudaSetDevice(dev_));
-    return make_cache(capacity);
+    return make_cache(capacity, limit);
   }
 
-  // A new allocation of `capacity` positions; positions 0..length-1 of every layer's K and V
-  // (and int8 scale/zero pairs) copied over on the stream; then the two swap storage, so the
-  // old one is freed with `fresh`. The decode graph captured the old pointers: dropped.
+  // More pages until `capacity` positions (at most the limit) fit: taken from the pool, their
+  // addresses appended to the device table on the stream (before any later step reads them).
+  // Nothing moves, so a captured decode graph stays valid.
   void grow_cache(KvCache& base, int capacity) override {
     std::lock_guard<std::mutex> lock(mu_);
     CK(cudaSetDevice(dev_));
     CudaCache* c = dynamic_cast<CudaCache*>(&base);
     if (!c || c->owner != this) throw Error("cuda: this KV cache was not made by this model");
-    if (capacity <= c->capacity) return;
-    std::unique_ptr<CudaCache> fresh = make_cache(capacity);
-    const int L = cfg_.num_layers, nkv = cfg_.num_kv_heads, d = cfg_.head_dim;
-    const size_t esz = c->int8 ? 1 : 2, len = size_t(c->length);
-    for (int l = 0; l < L && len > 0; l++) {
-      for (int kv = 0; kv < 2; kv++) {
-        CK(cudaMemcpy2DAsync(kv ? fresh->v_layer(l) : fresh->k_layer(l), size_t(capacity) * d * esz,
-                             kv ? c->v_layer(l) : c->k_layer(l), size_t(c->capacity) * d * esz, len * d * esz, nkv,
-                             cudaMemcpyDeviceToDevice, stream_));
-        if (c->int8) {
-          char* to = (kv ? fresh->vsz : fresh->ksz) + size_t(l) * fresh->sz_layer_bytes;
-          const char* from = (kv ? c->vsz : c->ksz) + size_t(l) * c->sz_layer_bytes;
-          CK(cudaMemcpy2DAsync(to, size_t(capacity) * sizeof(float2), from, size_t(c->capacity) * sizeof(float2),
-                               len * sizeof(float2), nkv, cudaMemcpyDeviceToDevice, stream_));
-        }
-      }
-    }
-    CK(cudaStreamSynchronize(stream_));
-    c->swap_storage(*fresh);
+    add_pages(*c, std::min(capacity, c->max_positions()));
   }
 
-  std::unique_ptr<CudaCache> make_cache(int capacity) {
+  void add_pages(CudaCache& c, int capacity) {
+    const size_t want = size_t(cuda::ceil_div(std::max(capacity, 1), kKvPage)), have = c.pages.size();
+    if (want <= have) return;
+    if (want > size_t(c.max_pages)) throw Error("cuda: a KV cache grown past its limit");
+    try {
+      while (c.pages.size() < want) c.pages.push_back(page_pool_->take());
+    } catch (...) {
+      for (size_t i = have; i < c.pages.size(); i++) page_pool_->give(c.pages[i]);
+      c.pages.resize(have);
+      throw;
+    }
+    *live_kv_ += (want - have) * page_pool_->page_bytes;
+    CK(cudaMemcpyAsync(c.table + have, c.pages.data() + have, (want - have) * sizeof(char*), cudaMemcpyHostToDevice,
+                       stream_));
+    c.capacity = int(want) * kKvPage;
+  }
+
+  std::unique_ptr<CudaCache> make_cache(int capacity, int limit) {
     if (capacity < 1) throw Error("cuda: a KV cache needs a capacity of at least 1 position");
-    const int L = cfg_.num_layers, n = cfg_.num_heads, nkv = cfg_.num_kv_heads, d = cfg_.head_dim;
+    limit = std::max(limit, capacity);
+    const int n = cfg_.num_heads, d = cfg_.head_dim;
     auto c = std::make_unique<CudaCache>();
     c->owner = this;
     c->device = dev_;
-    c->capacity = capacity;
-    c->splits = std::clamp(cuda::ceil_div(capacity, cuda::kDecodeMinKeysPerSplit), 1, kMaxSplits);
+    c->layers = cfg_.num_layers;
     c->int8 = int8_kv_;
-    c->layer_bytes = align256(size_t(nkv) * size_t(capacity) * d * (c->int8 ? 1 : 2));
-    c->sz_layer_bytes = c->int8 ? align256(size_t(nkv) * size_t(capacity) * sizeof(float2)) : 0;
-    const size_t kv = 2 * size_t(L) * (c->layer_bytes + c->sz_layer_bytes);
-    const size_t extra = align256(size_t(d / 2) * 4) +
-                         align256(cuda::attention_decode_partial_floats(1, n, d, c->splits) * 4 + 4);
-    const size_t total = kv + extra;
-    size_t free_b = 0, total_b = 0;
-    CK(cudaMemGetInfo(&free_b, &total_b));
-    if (total > free_b)
-      throw Error("cuda: a KV cache of " + std::to_string(capacity) + " positions needs " + gib(total) + " GiB, " +
-                  gib(free_b) + " GiB free on " + gpu_name_ + " (lower contextLength)");
-    CK(cudaMalloc(&c->mem, total));
-    c->bytes_ = total;
+    c->pool = page_pool_;
+    c->plane_bytes = page_plane_bytes_;
+    c->sz_plane_bytes = page_sz_plane_bytes_;
+    c->limit = limit;
+    c->max_pages = cuda::ceil_div(limit, kKvPage);
+    c->splits = std::clamp(cuda::ceil_div(limit, cuda::kDecodeMinKeysPerSplit), 1, kMaxSplits);
+    const size_t table = align256(size_t(c->max_pages) * sizeof(char*)), rope = align256(size_t(d / 2) * 4);
+    const size_t total = table + rope + align256(cuda::attention_decode_partial_floats(1, n, d, c->splits) * 4 + 4);
+    if (cudaMalloc(&c->aux, total) != cudaSuccess) {
+      cudaGetLastError();
+      c->aux = nullptr;
+      throw Error("cuda: out of memory for a KV cache's tables (" + std::to_string(total >> 10) + " KiB) on " +
+                  gpu_name_);
+    }
+    c->aux_bytes = total;
     c->live = live_kv_;
     *live_kv_ += total;
-    char* p = static_cast<char*>(c->mem);
-    c->k = p;
-    c->v = p + size_t(L) * c->layer_bytes;
-    c->ksz = p + 2 * size_t(L) * c->layer_bytes;
-    c->vsz = c->ksz + size_t(L) * c->sz_layer_bytes;
-    c->inv_freq = reinterpret_cast<float*>(p + kv);
-    c->partial = reinterpret_cast<float*>(p + kv + align256(size_t(d / 2) * 4));
+    char* p = static_cast<char*>(c->aux);
+    c->table = reinterpret_cast<char**>(p);
+    c->inv_freq = reinterpret_cast<float*>(p + table);
+    c->partial = reinterpret_cast<float*>(p + table + rope);
+    add_pages(*c, capacity);
     return c;
   }
 
@@ -279,6 +339,7 @@ class CudaBackend : public Backend {
     r.weights = weight_bytes_;
     r.host_weights = wte_host_bytes_;
     r.kv_cache = live_kv_->load();
+    r.kv_free = page_pool_->free_bytes();
     r.workspace = ws_bytes_ + bbytes_;
     return r;
   }
@@ -423,14 +484,10 @@ class CudaBackend : public Backend {
       BatchStage& st = *bstage_;
       st.ids[b] = items[b]->ids[0];
       cuda::KvBatchRow& r = st.rows[b];
-      r.k = c->k;
-      r.v = c->v;
-      r.ksz = c->int8 ? c->ksz : nullptr;
-      r.vsz = c->int8 ? c->vsz : nullptr;
-      r.layer_bytes = (long long)c->layer_bytes;
-      r.sz_layer_bytes = (long long)c->sz_layer_bytes;
+      r.kv = c->layer(0);
+      r.layer_bytes = (long long)c->plane_bytes;
+      r.sz_layer_bytes = (long long)c->sz_plane_bytes;
       r.inv_freq = c->inv_freq;
-      r.cap = c->capacity;
       r.pos = c->length;
     }
     CK(cudaMemcpyAsync(bdev_, bstage_, sizeof(BatchStage), cudaMemcpyHostToDevice, stream_));
@@ -1102,32 +1159,19 @@ class CudaBackend : public Backend {
       for (int si = 0; si < nseg; si++) {  // each sequence's rows over its own cache
         const Seg& sg = segs[si];
         CudaCache& c = *sg.c;
-        const int cap = c.capacity, T = sg.n;
+        const int T = sg.n;
         void* q = static_cast<char*>(q_) + size_t(sg.r0) * Q * 2;  // 16-bit rows
         void* att = static_cast<char*>(att_) + size_t(sg.r0) * Q * 2;
         const float* qkv = qkv_ + size_t(sg.r0) * QKV;
-        if (c.int8) {
-          cuda::qkv_rope_append_int8_gqa(q, c.kq(l), c.vq(l), cap, qkv, L.c_attn.b, nm, c.inv_freq, sg.pos_dev, T, n,
-                                         nkv, d, logn_len, dt_, s);
-          if (T == 1)
-            cuda::attention_decode_int8(att, q, c.kq(l), c.vq(l), cap, sg.pos_dev, 1, n, nkv, d, c.splits, c.partial,
-                                        dt_, s);
-          else if (cuda::attention_prefill_supported(d))
-            cuda::attention_prefill_int8(att, q, c.kq(l), c.vq(l), cap, sg.pos0, T, n, nkv, d, dt_, s);
-          else
-            cuda::attention_decode_int8(att, q, c.kq(l), c.vq(l), cap, sg.pos_dev, T, n, nkv, d, 1, nullptr, dt_, s);
-        } else {
-          void* kl = c.k_layer(l);
-          void* vl = c.v_layer(l);
-          cuda::qkv_rope_append_gqa(q, kl, vl, cap, qkv, L.c_attn.b, nm, c.inv_freq, sg.pos_dev, T, n, nkv, d, logn_len,
-                                    dt_, s);
-          if (T == 1)
-            cuda::attention_decode(att, q, kl, vl, cap, sg.pos_dev, 1, n, nkv, d, c.splits, c.partial, dt_, s);
-          else if (cuda::attention_prefill_supported(d))
-            cuda::attention_prefill(att, q, kl, vl, cap, sg.pos0, T, n, nkv, d, dt_, s);
-          else
-            cuda::attention_decode(att, q, kl, vl, cap, sg.pos_dev, T, n, nkv, d, 1, nullptr, dt_, s);
-        }
+        const cuda::KvLayer kv = c.layer(l);
+        cuda::qkv_rope_append_kv(q, kv, c.int8, qkv, L.c_attn.b, nm, c.inv_freq, sg.pos_dev, T, n, nkv, d, logn_len,
+                                 dt_, s);
+        if (T == 1)
+          cuda::attention_decode_kv(att, q, kv, c.int8, sg.pos_dev, 1, n, nkv, d, c.splits, c.partial, dt_, s);
+        else if (cuda::attention_prefill_supported(d))
+          cuda::attention_prefill_kv(att, q, kv, c.int8, sg.pos0, T, n, nkv, d, dt_, s);
+        else
+          cuda::attention_decode_kv(att, q, kv, c.int8, sg.pos_dev, T, n, nkv, d, 1, nullptr, dt_, s);
       }
       lin(x_, att_, L.attn_proj, L.attn_proj.b, true);
       cuda::rmsnorm(h_, x_, L.ln2, rows, H, cfg_.rms_eps, dt_, s);
@@ -1244,6 +1288,10 @@ class CudaBackend : public Backend {
   cudaGraphExec_t bgraphs_[cuda::kGemvBatchMax + 1] = {};  // per batch size
   void* wsb_base(size_t at) { return static_cast<char*>(ws_) + at; }
   std::shared_ptr<std::atomic<size_t>> live_kv_;
+  // The KV pages (made in the constructor): a page's planes, one layer's K (or V) rows and int8
+  // (scale, zero) pairs.
+  std::shared_ptr<PagePool> page_pool_;
+  size_t page_plane_bytes_ = 0, page_sz_plane_bytes_ = 0;
 };
 
 }  // namespace

@@ -218,21 +218,70 @@ void attention_decode_int8(void* out, const void* q, KvQ8 k_cache, KvQ8 v_cache,
 void attention_prefill_int8(void* out, const void* q, KvQ8 k_cache, KvQ8 v_cache, int cap, int pos0, int T, int n,
                             int n_kv, int d, DT dt, cudaStream_t s);
 
-// ---- batched decode (several sequences, one token each, one pass) ----
-// Row t of a batched decode step belongs to its own sequence with its own cache: this is that
-// cache as the kernels need it (device memory, one per row). Layer l of K starts at
-// k + l * layer_bytes (V, and the int8 (scale, zero) planes with sz_layer_bytes, alike).
-struct KvBatchRow {
+// ---- paged caches (the model's) ----
+// One layer of a KV cache as the kernels address it, in either of two forms:
+// - contiguous (pages null): k, v [n_kv, cap, d] and, int8 only, ksz, vsz [n_kv, cap] (scale, zero);
+// - paged: positions in pages of kKvPage; position j of KV head h is row h * kKvPage + j % kKvPage
+//   of page pages[j / kKvPage] (device memory), and k, v, ksz, vsz are byte offsets of the
+//   layer's planes from the start of a page rather than addresses (cap is unused).
+// A row is d elements (16-bit, or uint8 for int8) in k/v and one float2 in ksz/vsz.
+constexpr int kKvPage = 64;
+struct KvLayer {
   char* k = nullptr;
   char* v = nullptr;
-  char* ksz = nullptr;  // int8 cache only
+  char* ksz = nullptr;
   char* vsz = nullptr;
+  int cap = 0;
+  char* const* pages = nullptr;
+};
+// The address of row (h, j) of a plane (one of L.k, L.v, L.ksz, L.vsz) with rows of row_bytes.
+__device__ __forceinline__ char* kv_row(const KvLayer& L, char* plane, int h, int j, int row_bytes) {
+  if (L.pages)
+    return L.pages[j / kKvPage] + reinterpret_cast<uintptr_t>(plane) + (int64_t(h) * kKvPage + j % kKvPage) * row_bytes;
+  return plane + (int64_t(h) * L.cap + j) * row_bytes;
+}
+inline KvLayer kv_contiguous(void* k, void* v, int cap) {
+  KvLayer L;
+  L.k = static_cast<char*>(k);
+  L.v = static_cast<char*>(v);
+  L.cap = cap;
+  return L;
+}
+inline KvLayer kv_contiguous(KvQ8 k, KvQ8 v, int cap) {
+  KvLayer L = kv_contiguous(k.q, v.q, cap);
+  L.ksz = reinterpret_cast<char*>(k.sz);
+  L.vsz = reinterpret_cast<char*>(v.sz);
+  return L;
+}
+// The entry points of qkv_rope_append(_int8)_gqa, attention_decode(_int8) and
+// attention_prefill(_int8) for either form of cache (int8: the cache has (scale, zero) planes).
+void qkv_rope_append_kv(void* q, const KvLayer& kv, bool int8, const float* qkv, const float* bias, QkNorm norm,
+                        const float* inv_freq, const int* pos0_dev, int T, int n, int n_kv, int d, int seq_length,
+                        DT dt, cudaStream_t s);
+void attention_decode_kv(void* out, const void* q, const KvLayer& kv, bool int8, const int* pos0_dev, int T, int n,
+                         int n_kv, int d, int splits, float* partial, DT dt, cudaStream_t s);
+void attention_prefill_kv(void* out, const void* q, const KvLayer& kv, bool int8, int pos0, int T, int n, int n_kv,
+                          int d, DT dt, cudaStream_t s);
+
+// ---- batched decode (several sequences, one token each, one pass) ----
+// Row t of a batched decode step belongs to its own sequence with its own cache: this is that
+// cache as the kernels need it (device memory, one per row). Layer l is `kv` with layer_bytes
+// added to k and v and sz_layer_bytes to ksz and vsz (addresses or page offsets alike).
+struct KvBatchRow {
+  KvLayer kv;  // layer 0
   long long layer_bytes = 0;
   long long sz_layer_bytes = 0;
   const float* inv_freq = nullptr;  // the sequence's rope table (its own NTK alpha)
-  int cap = 0;                      // the cache's capacity
   int pos = 0;                      // where this row's token goes (it sees keys 0..pos)
 };
+__device__ __forceinline__ KvLayer kv_layer_of(const KvBatchRow& r, int layer) {
+  KvLayer L = r.kv;
+  L.k += layer * r.layer_bytes;
+  L.v += layer * r.layer_bytes;
+  L.ksz += layer * r.sz_layer_bytes;
+  L.vsz += layer * r.sz_layer_bytes;
+  return L;
+}
 // qkv_rope_append(_int8)_gqa for T rows, row t at rows[t].pos of its own cache (layer `layer`).
 void qkv_rope_append_batched(void* q, const KvBatchRow* rows, int layer, bool int8, const float* qkv,
                              const float* bias, QkNorm norm, int T, int n, int n_kv, int d, int seq_length, DT dt,

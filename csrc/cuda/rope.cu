@@ -7,7 +7,7 @@
 //      every position).
 // Out: q [T, n, d] (bf16/fp16), roped and scaled by logn(pos) when pos + 1 > seq_length
 //      (seq_length 0 turns logn off); k (roped) and v written at positions pos0.. of the layer's
-//      cache [n_kv, cap, d] (16-bit, or int8 with (scale, zero) per row).
+//      cache (a KvLayer, contiguous or paged: 16-bit, or int8 with (scale, zero) per row).
 // The norm (qwen3) is cpu::rmsnorm over each head's d values: x * (1 / sqrt(mean(x^2) + eps)) * w,
 // applied after the bias and before rope.
 // Rotary is "rotate half": out[j] = x[j] cos - x[j+d/2] sin, out[j+d/2] = x[j+d/2] cos + x[j] sin,
@@ -44,12 +44,10 @@ __device__ __forceinline__ void quantize_row_int8(const float (&v)[8], const int
   if ((threadIdx.x & 31) == 0) *sz = make_float2(sc, z);
 }
 
-// Q8: kc/vc are uint8 with ksz/vsz (scale, zero) per row; else kc/vc are T.
+// Q8: the cache's k/v rows are uint8 with (scale, zero) rows in ksz/vsz; else k/v rows are T.
 template <typename T, bool Q8>
-__global__ void qkv_rope_append_kernel(T* __restrict__ q, void* __restrict__ kc, void* __restrict__ vc,
-                                       float2* __restrict__ ksz, float2* __restrict__ vsz, int cap,
-                                       const float* __restrict__ qkv, const float* __restrict__ bias,
-                                       const float* __restrict__ qn, const float* __restrict__ kn, float eps,
+__global__ void qkv_rope_append_kernel(T* __restrict__ q, KvLayer kv, const float* __restrict__ qkv,
+                                       const float* __restrict__ bias, const float* __restrict__ qn, const float* __restrict__ kn, float eps,
                                        const float* __restrict__ inv_freq, const int* __restrict__ pos0_dev, int n,
                                        int n_kv, int d, int seq_length, const KvBatchRow* __restrict__ brows,
                                        int layer) {
@@ -60,18 +58,13 @@ __global__ void qkv_rope_append_kernel(T* __restrict__ q, void* __restrict__ kc,
   int pos;
   if (brows) {  // batched decode: this row's own cache, position and rope table
     const KvBatchRow& e = brows[t];
-    kc = e.k + layer * e.layer_bytes;
-    vc = e.v + layer * e.layer_bytes;
-    if constexpr (Q8) {
-      ksz = reinterpret_cast<float2*>(e.ksz + layer * e.sz_layer_bytes);
-      vsz = reinterpret_cast<float2*>(e.vsz + layer * e.sz_layer_bytes);
-    }
+    kv = kv_layer_of(e, layer);
     inv_freq = e.inv_freq;
-    cap = e.cap;
     pos = e.pos;
   } else {
     pos = *pos0_dev + t;
   }
+  const int rb = Q8 ? d : d * int(sizeof(T));  // bytes of a k/v row
   float logn = 1.0f;
   if (seq_length > 0 && pos + 1 > seq_length) logn = float(log(double(pos + 1)) / log(double(seq_length)));
   const float* row = qkv + int64_t(t) * W;
@@ -122,74 +115,82 @@ __global__ void qkv_rope_append_kernel(T* __restrict__ q, void* __restrict__ kc,
           v[cnt] = ob;
           c[cnt++] = j + d2;
         } else {
-          T* dst = static_cast<T*>(kc) + (int64_t(hh) * cap + pos) * d;
+          T* dst = reinterpret_cast<T*>(kv_row(kv, kv.k, hh, pos, rb));
           dst[j] = from_f<T>(oa);
           dst[j + d2] = from_f<T>(ob);
         }
       }
       if constexpr (Q8) {
         if (which == 1) {
-          const int64_t r8 = int64_t(hh) * cap + pos;
-          quantize_row_int8(v, c, cnt, static_cast<uint8_t*>(kc) + r8 * d, ksz + r8);
+          quantize_row_int8(v, c, cnt, reinterpret_cast<uint8_t*>(kv_row(kv, kv.k, hh, pos, rb)),
+                            reinterpret_cast<float2*>(kv_row(kv, kv.ksz, hh, pos, sizeof(float2))));
         }
       }
     } else {
-      const int64_t r8 = int64_t(hh) * cap + pos;
+      char* vrow = kv_row(kv, kv.v, hh, pos, rb);
       for (int e = lane; e < d; e += 32) {
         const float x = row[base + e] + (bias ? bias[base + e] : 0.0f);
         if constexpr (Q8) {
           v[cnt] = x;
           c[cnt++] = e;
         } else {
-          static_cast<T*>(vc)[r8 * d + e] = from_f<T>(x);
+          reinterpret_cast<T*>(vrow)[e] = from_f<T>(x);
         }
       }
-      if constexpr (Q8) quantize_row_int8(v, c, cnt, static_cast<uint8_t*>(vc) + r8 * d, vsz + r8);
+      if constexpr (Q8)
+        quantize_row_int8(v, c, cnt, reinterpret_cast<uint8_t*>(vrow),
+                          reinterpret_cast<float2*>(kv_row(kv, kv.vsz, hh, pos, sizeof(float2))));
     }
   }
 }
 
 template <bool Q8>
-void launch_rope(void* q, void* kc, void* vc, float2* ksz, float2* vsz, int cap, const float* qkv, const float* bias,
-                 QkNorm norm, const float* inv_freq, const int* pos0_dev, int T, int n, int n_kv, int d,
-                 int seq_length, DT dt, cudaStream_t s, const KvBatchRow* brows = nullptr, int layer = 0) {
+void launch_rope(void* q, const KvLayer& kv, const float* qkv, const float* bias, QkNorm norm, const float* inv_freq,
+                 const int* pos0_dev, int T, int n, int n_kv, int d, int seq_length, DT dt, cudaStream_t s,
+                 const KvBatchRow* brows = nullptr, int layer = 0) {
   if (d < 2 || d > 256 || d % 2 != 0) throw Error("cuda: rope supports an even head_dim up to 256 (got " + std::to_string(d) + ")");
   if (n_kv < 1 || n % n_kv != 0)
     throw Error("cuda: " + std::to_string(n) + " query heads over " + std::to_string(n_kv) + " KV heads");
   QWEN_DISPATCH_DT(dt, E,
                    launch_pdl(qkv_rope_append_kernel<E, Q8>, dim3(T, ceil_div(n + 2 * n_kv, 8)), 256, 0, s,
-                              static_cast<E*>(q), kc, vc, ksz, vsz, cap, qkv, bias, norm.q, norm.k, norm.eps,
-                              inv_freq, pos0_dev, n, n_kv, d, seq_length, brows, layer));
+                              static_cast<E*>(q), kv, qkv, bias, norm.q, norm.k, norm.eps, inv_freq, pos0_dev, n,
+                              n_kv, d, seq_length, brows, layer));
   CK_LAUNCH("qkv_rope_append_kernel");
 }
 
 }  // namespace
 
+void qkv_rope_append_kv(void* q, const KvLayer& kv, bool int8, const float* qkv, const float* bias, QkNorm norm,
+                        const float* inv_freq, const int* pos0_dev, int T, int n, int n_kv, int d, int seq_length,
+                        DT dt, cudaStream_t s) {
+  if (int8)
+    launch_rope<true>(q, kv, qkv, bias, norm, inv_freq, pos0_dev, T, n, n_kv, d, seq_length, dt, s);
+  else
+    launch_rope<false>(q, kv, qkv, bias, norm, inv_freq, pos0_dev, T, n, n_kv, d, seq_length, dt, s);
+}
+
 void qkv_rope_append_gqa(void* q, void* k_cache, void* v_cache, int cap, const float* qkv, const float* bias,
                          QkNorm norm, const float* inv_freq, const int* pos0_dev, int T, int n, int n_kv, int d,
                          int seq_length, DT dt, cudaStream_t s) {
-  launch_rope<false>(q, k_cache, v_cache, nullptr, nullptr, cap, qkv, bias, norm, inv_freq, pos0_dev, T, n, n_kv, d,
-                     seq_length, dt, s);
+  qkv_rope_append_kv(q, kv_contiguous(k_cache, v_cache, cap), false, qkv, bias, norm, inv_freq, pos0_dev, T, n, n_kv,
+                     d, seq_length, dt, s);
 }
 
 void qkv_rope_append_int8_gqa(void* q, KvQ8 k_cache, KvQ8 v_cache, int cap, const float* qkv, const float* bias,
                               QkNorm norm, const float* inv_freq, const int* pos0_dev, int T, int n, int n_kv, int d,
                               int seq_length, DT dt, cudaStream_t s) {
-  launch_rope<true>(q, k_cache.q, v_cache.q, k_cache.sz, v_cache.sz, cap, qkv, bias, norm, inv_freq, pos0_dev, T, n,
-                    n_kv, d, seq_length, dt, s);
+  qkv_rope_append_kv(q, kv_contiguous(k_cache, v_cache, cap), true, qkv, bias, norm, inv_freq, pos0_dev, T, n, n_kv,
+                     d, seq_length, dt, s);
 }
 
 void qkv_rope_append_batched(void* q, const KvBatchRow* rows, int layer, bool int8, const float* qkv,
                              const float* bias, QkNorm norm, int T, int n, int n_kv, int d, int seq_length, DT dt,
                              cudaStream_t s) {
   if (int8)
-    launch_rope<true>(q, nullptr, nullptr, nullptr, nullptr, 0, qkv, bias, norm, nullptr, nullptr, T, n, n_kv, d,
-                      seq_length, dt, s, rows, layer);
+    launch_rope<true>(q, KvLayer{}, qkv, bias, norm, nullptr, nullptr, T, n, n_kv, d, seq_length, dt, s, rows, layer);
   else
-    launch_rope<false>(q, nullptr, nullptr, nullptr, nullptr, 0, qkv, bias, norm, nullptr, nullptr, T, n, n_kv, d,
-                       seq_length, dt, s, rows, layer);
+    launch_rope<false>(q, KvLayer{}, qkv, bias, norm, nullptr, nullptr, T, n, n_kv, d, seq_length, dt, s, rows, layer);
 }
-
 void qkv_rope_append_int8(void* q, KvQ8 k_cache, KvQ8 v_cache, int cap, const float* qkv, const float* bias,
                           const float* inv_freq, const int* pos0_dev, int T, int n, int d, int seq_length, DT dt,
                           cudaStream_t s) {

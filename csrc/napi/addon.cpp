@@ -262,6 +262,7 @@ Napi::Value NativeModel::Memory(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("weights", double(r.weights));
   o.Set("kvCache", double(r.kv_cache));
+  o.Set("kvCacheFree", double(r.kv_free));
   o.Set("workspace", double(r.workspace));
   o.Set("hostWeights", double(r.host_weights));
   return o;

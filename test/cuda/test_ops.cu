@@ -620,6 +620,193 @@ void test_attention_prefill(DT dt, int n, int d, int T, int pos0, int chunks, in
           get16(out, ref.size(), dt), ref, tol);
 }
 
+// ---- paged KV caches (the model's form) ----
+// The same random contents for positions 0..valid-1 of L layers, held twice: contiguous
+// ([L][n_kv][cap][d] rows and [L][n_kv][cap] (scale, zero) pairs, the form the attention tests
+// above check against the CPU) and paged as model_cuda.cu holds it (per page: K rows of every
+// layer, V rows, then int8 (scale, zero) pairs of K and V), its pages placed in a shuffled order
+// in one buffer so that a wrong page lookup reads the wrong rows. Unwritten rows stay poisoned.
+struct KvPair {
+  int L, nkv, d, cap, P;
+  bool int8;
+  size_t esz, PB, SB, page;
+  std::unique_ptr<Dev> ck, cv, cks, cvs, pages, table;
+  std::vector<int> order;  // logical page i lives at slot order[i] of the buffer
+  // Room for `need` positions and a spare page.
+  KvPair(int L_, int nkv_, int d_, int valid, int need, bool int8_, DT dt)
+      : L(L_), nkv(nkv_), d(d_), cap(((need + kKvPage - 1) / kKvPage + 1) * kKvPage), int8(int8_) {
+    P = cap / kKvPage;
+    esz = int8 ? 1 : 2;
+    PB = size_t(nkv) * kKvPage * d * esz;
+    SB = int8 ? size_t(nkv) * kKvPage * 8 : 0;
+    page = size_t(L) * (2 * PB + 2 * SB);
+    const size_t rows = size_t(L) * nkv * cap;
+    std::vector<uint8_t> kb(rows * d * esz, 0xFF), vb(kb), ksb(rows * 8, 0xFF), vsb(ksb);
+    Rng rng(g_seed++);
+    for (size_t r = 0; r < rows; r++) {
+      if (int(r % size_t(cap)) >= valid) continue;
+      for (int c = 0; c < d; c++) {
+        if (int8) {
+          kb[r * d + c] = uint8_t(rng.next());
+          vb[r * d + c] = uint8_t(rng.next());
+        } else {
+          const uint16_t a = to16(rng.uniform(-1.5f, 1.5f), dt), b = to16(rng.uniform(-1, 1), dt);
+          std::memcpy(&kb[(r * d + c) * 2], &a, 2);
+          std::memcpy(&vb[(r * d + c) * 2], &b, 2);
+        }
+      }
+      const float sz[4] = {rng.uniform(0.005f, 0.02f), rng.uniform(100, 155), rng.uniform(0.005f, 0.02f),
+                           rng.uniform(100, 155)};
+      std::memcpy(&ksb[r * 8], sz, 8);
+      std::memcpy(&vsb[r * 8], sz + 2, 8);
+    }
+    ck = upload(kb);
+    cv = upload(vb);
+    cks = upload(ksb);
+    cvs = upload(vsb);
+    order.resize(size_t(P));
+    for (int i = 0; i < P; i++) order[size_t(i)] = i;
+    for (int i = P - 1; i > 0; i--) std::swap(order[size_t(i)], order[size_t(rng.next() % uint64_t(i + 1))]);
+    std::vector<uint8_t> img(size_t(P) * page, 0xFF);
+    for (int l = 0; l < L; l++)
+      for (int h = 0; h < nkv; h++)
+        for (int j = 0; j < cap; j++) {
+          const size_t r = (size_t(l) * nkv + h) * cap + j;
+          uint8_t* pg = img.data() + size_t(order[size_t(j / kKvPage)]) * page;
+          const size_t pr = size_t(h) * kKvPage + j % kKvPage, rb = size_t(d) * esz;
+          std::memcpy(pg + l * PB + pr * rb, &kb[r * rb], rb);
+          std::memcpy(pg + (L + l) * PB + pr * rb, &vb[r * rb], rb);
+          if (int8) {
+            std::memcpy(pg + 2 * L * PB + l * SB + pr * 8, &ksb[r * 8], 8);
+            std::memcpy(pg + 2 * L * PB + (L + l) * SB + pr * 8, &vsb[r * 8], 8);
+          }
+        }
+    pages = upload(img);
+    std::vector<uint64_t> t(static_cast<size_t>(P));
+    for (int i = 0; i < P; i++) t[size_t(i)] = uint64_t(uintptr_t(pages->as<char>() + size_t(order[size_t(i)]) * page));
+    table = upload(t);
+  }
+  size_t clayer() const { return size_t(nkv) * cap * d * esz; }
+  size_t cszlayer() const { return int8 ? size_t(nkv) * cap * 8 : 0; }
+  cuda::KvLayer contiguous(int l) const {
+    cuda::KvLayer k = cuda::kv_contiguous(ck->as<char>() + l * clayer(), cv->as<char>() + l * clayer(), cap);
+    if (int8) {
+      k.ksz = cks->as<char>() + l * cszlayer();
+      k.vsz = cvs->as<char>() + l * cszlayer();
+    }
+    return k;
+  }
+  cuda::KvLayer paged(int l) const {
+    auto off = [](size_t b) { return reinterpret_cast<char*>(uintptr_t(b)); };
+    cuda::KvLayer k;
+    k.pages = table->as<char*>();
+    k.k = off(l * PB);
+    k.v = off((L + l) * PB);
+    k.ksz = off(2 * L * PB + l * SB);
+    k.vsz = off(2 * L * PB + (L + l) * SB);
+    return k;
+  }
+  // Whether rows 0..len-1 of every layer and head read back the same from both forms.
+  bool same_rows(int len) const {
+    const size_t rows = size_t(L) * nkv * cap, rb = size_t(d) * esz;
+    auto kb = ck->get<uint8_t>(rows * rb), vb = cv->get<uint8_t>(rows * rb);
+    auto ksb = cks->get<uint8_t>(rows * 8), vsb = cvs->get<uint8_t>(rows * 8);
+    auto img = pages->get<uint8_t>(size_t(P) * page);
+    for (int l = 0; l < L; l++)
+      for (int h = 0; h < nkv; h++)
+        for (int j = 0; j < len; j++) {
+          const size_t r = (size_t(l) * nkv + h) * cap + j, pr = size_t(h) * kKvPage + j % kKvPage;
+          const uint8_t* pg = img.data() + size_t(order[size_t(j / kKvPage)]) * page;
+          if (std::memcmp(pg + l * PB + pr * rb, &kb[r * rb], rb) || std::memcmp(pg + (L + l) * PB + pr * rb, &vb[r * rb], rb))
+            return false;
+          if (int8 && (std::memcmp(pg + 2 * L * PB + l * SB + pr * 8, &ksb[r * 8], 8) ||
+                       std::memcmp(pg + 2 * L * PB + (L + l) * SB + pr * 8, &vsb[r * 8], 8)))
+            return false;
+        }
+    return true;
+  }
+};
+
+bool same_bytes(const Dev& a, const Dev& b, size_t n) { return a.get<uint8_t>(n) == b.get<uint8_t>(n); }
+
+// One sequence: rope + append of T tokens at pos0, then attention (decode with `splits` ranges
+// for T == 1 or a head size without the flash kernel, else flash prefill), through the last of 2
+// layers: the paged form must give bit-identical q, attention output and cache rows.
+void test_paged_kv(DT dt, bool int8, int n, int n_kv, int d, int pos0, int T, int splits) {
+  const int L = 2, l = 1, W = (n + 2 * n_kv) * d;
+  KvPair kv(L, n_kv, d, pos0, pos0 + T, int8, dt);
+  auto qkv = upload(rand32(int64_t(T) * W, -2, 2)), bias = upload(rand32(W, -0.5f, 0.5f));
+  auto inv = upload(inv_freq_table(d, 10000.0, 1.0));
+  std::unique_ptr<Dev> dpos;
+  const int* pos = dev_int(pos0, dpos);
+  const size_t qbytes = size_t(T) * n * d * 2;
+  Dev qc(qbytes), qg(qbytes), oc(qbytes), og(qbytes);
+  Dev pc(std::max<size_t>(cuda::attention_decode_partial_floats(T, n, d, splits) * 4, 4)), pg(pc.bytes);
+  const bool flash = T > 1 && cuda::attention_prefill_supported(d);
+  auto run = [&](const cuda::KvLayer& c, Dev& q, Dev& o, Dev& part) {
+    cuda::qkv_rope_append_kv(q.p, c, int8, qkv->as<float>(), bias->as<float>(), cuda::QkNorm{}, inv->as<float>(), pos,
+                             T, n, n_kv, d, 0, dt, S);
+    if (flash)
+      cuda::attention_prefill_kv(o.p, q.p, c, int8, pos0, T, n, n_kv, d, dt, S);
+    else
+      cuda::attention_decode_kv(o.p, q.p, c, int8, pos, T, n, n_kv, d, splits, part.as<float>(), dt, S);
+  };
+  run(kv.contiguous(l), qc, oc, pc);
+  run(kv.paged(l), qg, og, pg);
+  const bool ok = same_bytes(qc, qg, qbytes) && same_bytes(oc, og, qbytes) && kv.same_rows(pos0 + T);
+  g_cases++;
+  if (!ok) g_failures++;
+  std::printf("%-4s paged KV %s%s n,n_kv,d,pos0,T,splits=%s (%d pages, shuffled): bit-identical to contiguous\n",
+              ok ? "ok" : "FAIL", cuda::dt_name(dt), int8 ? " int8" : "", sh({n, n_kv, d, pos0, T, splits}).c_str(),
+              kv.P);
+}
+
+// Batched decode (KvBatchRow): B rows, each at its own position of its own cache, through layer 1
+// of 2; paged rows against contiguous rows with the same contents, bit for bit.
+void test_paged_batched(DT dt, bool int8, int n, int n_kv, int d, int B) {
+  const int L = 2, l = 1, W = (n + 2 * n_kv) * d, splits = 8;
+  std::vector<std::unique_ptr<KvPair>> kv;
+  std::vector<cuda::KvBatchRow> rc(static_cast<size_t>(B)), rg(static_cast<size_t>(B));
+  auto inv = upload(inv_freq_table(d, 10000.0, 1.0));
+  Rng rng(g_seed++);
+  for (int b = 0; b < B; b++) {
+    const int pos = int(rng.next() % 300);
+    kv.push_back(std::make_unique<KvPair>(L, n_kv, d, pos, pos + 1, int8, dt));
+    const KvPair& p = *kv.back();
+    cuda::KvBatchRow& c = rc[size_t(b)];
+    c.kv = p.contiguous(0);
+    c.layer_bytes = (long long)p.clayer();
+    c.sz_layer_bytes = (long long)p.cszlayer();
+    cuda::KvBatchRow& g = rg[size_t(b)];
+    g.kv = p.paged(0);
+    g.layer_bytes = (long long)p.PB;
+    g.sz_layer_bytes = (long long)p.SB;
+    c.inv_freq = g.inv_freq = inv->as<float>();
+    c.pos = g.pos = pos;
+  }
+  auto qkv = upload(rand32(int64_t(B) * W, -2, 2));
+  std::vector<uint8_t> bc(sizeof(cuda::KvBatchRow) * B), bg(bc.size());
+  std::memcpy(bc.data(), rc.data(), bc.size());
+  std::memcpy(bg.data(), rg.data(), bg.size());
+  auto dc = upload(bc), dg = upload(bg);
+  const size_t qbytes = size_t(B) * n * d * 2;
+  Dev qc(qbytes), qg(qbytes), oc(qbytes), og(qbytes);
+  Dev pc(cuda::attention_decode_partial_floats(B, n, d, splits) * 4), pg(pc.bytes);
+  auto run = [&](const Dev& rows, Dev& q, Dev& o, Dev& part) {
+    const auto* r = rows.as<cuda::KvBatchRow>();
+    cuda::qkv_rope_append_batched(q.p, r, l, int8, qkv->as<float>(), nullptr, cuda::QkNorm{}, B, n, n_kv, d, 0, dt, S);
+    cuda::attention_decode_batched(o.p, q.p, r, l, int8, B, n, n_kv, d, splits, part.as<float>(), dt, S);
+  };
+  run(*dc, qc, oc, pc);
+  run(*dg, qg, og, pg);
+  bool ok = same_bytes(qc, qg, qbytes) && same_bytes(oc, og, qbytes);
+  for (int b = 0; b < B; b++) ok = ok && kv[size_t(b)]->same_rows(rc[size_t(b)].pos + 1);
+  g_cases++;
+  if (!ok) g_failures++;
+  std::printf("%-4s paged KV batched %s%s n,n_kv,d,B=%s: bit-identical to contiguous rows\n", ok ? "ok" : "FAIL",
+              cuda::dt_name(dt), int8 ? " int8" : "", sh({n, n_kv, d, B}).c_str());
+}
+
 // ---- GPTQ (SPEC 4) ----
 // A random GPTQ linear: random packed q, random stored zeros in [0, 2^b - 2], fp16 scales sized
 // so that outputs are O(1) for x in [-1, 1], fp16 bias; act-order draws g_idx = perm[k] / G for a
@@ -1306,9 +1493,10 @@ void test_qwen2_model(const std::string& tag, bool qwen3, int H, int n, int n_kv
                  m.get(), prompt, steps, all_logits, dt, kv8, 1.0, t_start);
 }
 
-// grow_cache: a cache allocated for the prompt and grown (positions copied, K/V and int8 scale /
-// zero pairs) must give, step for step, exactly the logits of a cache allocated whole up front
-// (same kernels, same split count at the same capacity): on both backends.
+// grow_cache: a paged cache given pages for the prompt and then one more page whenever a step
+// needs it must give, step for step, exactly the logits of a cache given all its pages up front
+// (same kernels, same split count: both have the same limit), and end with the same pages: on
+// both backends.
 void test_cache_growth(const std::string& tag, RandomModel* m, int prompt, int steps, bool kv8) {
   const int V = m->cfg.vocab_size, cap = prompt + steps;
   BackendOptions opt;
@@ -1319,29 +1507,33 @@ void test_cache_growth(const std::string& tag, RandomModel* m, int prompt, int s
   Rng rng(g_seed++);
   for (auto& i : ids) i = int32_t(rng.next() % uint64_t(V));
   for (Backend* b : {cpu_b.get(), gpu_b.get()}) {
-    auto whole = b->new_cache(cap), grown = b->new_cache(prompt);
+    auto whole = b->new_cache(cap, cap), grown = b->new_cache(prompt, cap);
     std::vector<float> lw(static_cast<size_t>(V)), lg(static_cast<size_t>(V));
     b->forward(*whole, ids.data(), prompt, lw.data(), false);
     b->forward(*grown, ids.data(), prompt, lg.data(), false);
     whole->length = grown->length = prompt;
-    const size_t before = grown->bytes();
-    b->grow_cache(*grown, cap);
-    bool same = lw == lg && grown->capacity == cap && grown->bytes() > before;
+    const int pages0 = (prompt + kKvPage - 1) / kKvPage;
+    bool same = lw == lg && grown->capacity == pages0 * kKvPage;
+    int grew = 0;
     double worst = 0;
     for (int s = 0; s < steps; s++) {
       int32_t next = int32_t(std::max_element(lw.begin(), lw.end()) - lw.begin());
+      const size_t before = grown->bytes();
+      b->grow_cache(*grown, grown->length + 1);
+      if (grown->bytes() != before) grew++;
+      same = same && grown->capacity >= grown->length + 1 && grown->capacity - grown->length <= kKvPage;
       b->forward(*whole, &next, 1, lw.data(), false);
       b->forward(*grown, &next, 1, lg.data(), false);
       whole->length++;
       grown->length++;
       for (int v = 0; v < V; v++) worst = std::max(worst, double(std::fabs(lw[size_t(v)] - lg[size_t(v)])));
     }
+    same = same && grown->bytes() == whole->bytes() && grew == (cap + kKvPage - 1) / kKvPage - pages0;
     same = same && worst == 0.0;
     if (!same) g_failures++;
     g_cases++;
-    std::printf("%-4s cache growth %s%s on %s: prefill %d, grown %d -> %d, %d steps, max |whole - grown| %.3e\n",
-                same ? "ok" : "FAIL", tag.c_str(), kv8 ? " kv8" : "", b->name().c_str(), prompt, prompt, cap, steps,
-                worst);
+    std::printf("%-4s cache growth %s%s on %s: prefill %d, %d steps, %d pages added, max |whole - grown| %.3e\n",
+                same ? "ok" : "FAIL", tag.c_str(), kv8 ? " kv8" : "", b->name().c_str(), prompt, steps, grew, worst);
   }
 }
 
@@ -1614,8 +1806,10 @@ void test_errors() {
     std::printf("     expected error: %s\n", e.what());
   }
   // A model far larger than the card: refused before any allocation, with the sizes in words.
+  // (~1.2 TB of embedding and lm_head: more than any GPU holds. 124 GiB, as at first, fit an H200,
+  // which then read the 32-byte stand-in tensors as if they were that large.)
   ModelConfig big = m->cfg;
-  big.vocab_size = 8000000;
+  big.vocab_size = 40000000;
   big.hidden_size = 8192;
   big.num_heads = 64;
   big.head_dim = 128;
@@ -1625,10 +1819,10 @@ void test_errors() {
   static uint16_t dummy[16];
   static float dummyf[8192];
   bw.ln_f = Tensor{"ln_f", DType::F32, {8192}, dummyf};
-  bw.wte = Tensor{"wte", DType::BF16, {8000000, 8192}, dummy};
-  bw.lm_head.weight = Tensor{"lm_head", DType::BF16, {8000000, 8192}, dummy};
+  bw.wte = Tensor{"wte", DType::BF16, {40000000, 8192}, dummy};
+  bw.lm_head.weight = Tensor{"lm_head", DType::BF16, {40000000, 8192}, dummy};
   bw.lm_head.in = 8192;
-  bw.lm_head.out = 8000000;
+  bw.lm_head.out = 40000000;
   opt.device_index = 0;
   try {
     make_cuda_backend(big, bw, opt, nullptr);
@@ -1941,6 +2135,16 @@ int main(int argc, char** argv) {
       test_attention_decode(DT::BF16, 2, 256, 333, 400, 2);
       test_attention_decode(DT::F16, 8, 128, 1000, 1024, 4);
       test_attention_decode(DT::BF16, 4, 128, 300, 512, 2, 5);  // several queries, split
+    }
+    if (want("paged")) {
+      for (bool int8 : {false, true}) {
+        test_paged_kv(DT::BF16, int8, 8, 2, 128, 130, 1, 8);     // decode, GQA, across pages
+        test_paged_kv(DT::F16, int8, 4, 4, 64, 63, 70, 1);       // flash prefill from a page's last row
+        test_paged_kv(DT::BF16, int8, 4, 1, 128, 0, 200, 1);     // prefill of an empty cache, 4 pages
+        test_paged_kv(DT::BF16, int8, 4, 2, 32, 100, 9, 1);      // a head size without the flash kernel
+        test_paged_batched(DT::BF16, int8, 8, 2, 128, 5);
+        test_paged_batched(DT::F16, int8, 4, 4, 64, 16);
+      }
     }
     if (want("attention_prefill")) {
       struct P { int n, d, T, pos0, chunks; DT dt; };

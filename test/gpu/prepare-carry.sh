@@ -26,7 +26,9 @@ chmod -R u+w .carry/fixtures
 tar cf - -C .carry fixtures | xz -T2 -6 > .carry/fixtures.tar.xz
 rm -rf .carry/fixtures
 # The binaries a device script runs, when built here: the kernel tests and the CUDA addon.
-[ -x build-cuda/qwen_cuda_tests ] && cp build-cuda/qwen_cuda_tests .carry/ && strip .carry/qwen_cuda_tests
-[ -f build-cuda-addon/Release/qwen_native.node ] && cp build-cuda-addon/Release/qwen_native.node .carry/ && strip .carry/qwen_native.node
+# xz: 7 MB each stripped, ~1.4 MB compressed (setup.sh unpacks them); the call's 64 MiB is tight.
+rm -f .carry/qwen_cuda_tests .carry/qwen_native.node
+[ -x build-cuda/qwen_cuda_tests ] && cp build-cuda/qwen_cuda_tests .carry/ && strip .carry/qwen_cuda_tests && xz -T2 -6 -f .carry/qwen_cuda_tests
+[ -f build-cuda-addon/Release/qwen_native.node ] && cp build-cuda-addon/Release/qwen_native.node .carry/ && strip .carry/qwen_native.node && xz -T2 -6 -f .carry/qwen_native.node
 cp "$shared/tools/torch_yardstick.py" .carry/
 du -sh .carry

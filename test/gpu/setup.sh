@@ -3,6 +3,10 @@
 # addon) where the tests and the benchmark look for them.
 python3 -c "import lzma,shutil;shutil.copyfileobj(lzma.open('.carry/node.xz'),open('/tmp/node','wb'))" && chmod +x /tmp/node
 export PATH=/tmp:$PATH
+for f in qwen_cuda_tests qwen_native.node; do
+  [ -f .carry/$f.xz ] && python3 -c "import lzma,shutil,sys;shutil.copyfileobj(lzma.open(sys.argv[1]+'.xz'),open(sys.argv[1],'wb'))" .carry/$f
+done
+[ -f .carry/qwen_cuda_tests ] && chmod +x .carry/qwen_cuda_tests
 [ -d .carry/fixtures ] || tar xJf .carry/fixtures.tar.xz -C .carry
 rm -rf dist && cp -r .carry/dist dist
 ln -sfn .carry/node_modules node_modules
