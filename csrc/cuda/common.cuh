@@ -191,17 +191,22 @@ template <> __device__ __forceinline__ void mma16816<__half>(float (&c)[4], cons
 // 16 x 8NT tile of mma C fragments (rows: the block's W rows n0.., columns: activation rows); the
 // tiles are summed over the warps in a fixed order (deterministic), the bias added, and row m of
 // y (stride ldy) written or accumulated into. Needs blockDim.x == WARPS * 32 >= 256.
+// A warp's 16 x 8NT tile of mma C fragments into its slot of shared memory.
+template <int NT>
+__device__ __forceinline__ void c_tile_to_shared(float (&red_w)[16][17], const float (&acc)[NT][4]) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int j = 0; j < NT; j++) {  // C fragment: c0, c1 at (row g, columns 2t, 2t + 1), c2, c3 at row g + 8
+    red_w[g][8 * j + 2 * t] = acc[j][0];
+    red_w[g][8 * j + 2 * t + 1] = acc[j][1];
+    red_w[g + 8][8 * j + 2 * t] = acc[j][2];
+    red_w[g + 8][8 * j + 2 * t + 1] = acc[j][3];
+  }
+}
 template <int WARPS, int NT>
 __device__ __forceinline__ void batched_tile_store(float (&red)[WARPS][16][17], const float (&acc)[NT][4], float* y,
                                                    int ldy, const float* b, int M, int N, int n0, bool accumulate) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-#pragma unroll
-  for (int j = 0; j < NT; j++) {  // C fragment: c0, c1 at (row g, columns 2t, 2t + 1), c2, c3 at row g + 8
-    red[warp][g][8 * j + 2 * t] = acc[j][0];
-    red[warp][g][8 * j + 2 * t + 1] = acc[j][1];
-    red[warp][g + 8][8 * j + 2 * t] = acc[j][2];
-    red[warp][g + 8][8 * j + 2 * t + 1] = acc[j][3];
-  }
+  c_tile_to_shared<NT>(red[threadIdx.x / 32], acc);
   __syncthreads();
   const int r = threadIdx.x / 16, m = threadIdx.x % 16, n = n0 + r;
   if (threadIdx.x < 256 && m < NT * 8 && m < M && n < N) {

@@ -24,8 +24,10 @@
 // Decode v2 for int8 (layout 2, fp16 activations, N % 8 == 0; the default, QWEN_GPTQ_INT8_V2=0 for v1): the
 // bytes of each word hold rows 0 2 1 3, so (w & 0x00FF00FF) and ((w >> 8) & 0x00FF00FF) with
 // 0x64006400 are half2 of consecutive rows; the same block structure (16 rows a chunk).
-// Batched decode (2..16 rows): int4 v2 has gptq4_batched_v2_kernel (below); other layouts run
-// the GEMV per row up to kGptqRowLoopMax rows, and the prefill path beyond.
+// Batched decode (2..16 rows): int4 v2 has gptq4_batched_v2_kernel and, selected by
+// gptq4_batched_stage_kernel (its loads pipelined through shared memory; below), chosen by shape
+// (gptq_batched); other layouts run the GEMV per row up to kGptqRowLoopMax rows, and the prefill
+// path beyond.
 // Prefill (T > 1): the layer is dequantized (fp32 math, rounded once to the activation type) in
 // the ORIGINAL row order into a scratch [cols, K] matrix, cols columns at a time (cols bounded by
 // the scratch), each slice followed by the tensor-core GEMM into its columns of y.
@@ -358,6 +360,31 @@ __global__ void __launch_bounds__(kV2Threads)
 // comes from L1/L2 for every block, and with 16 columns a block its traffic is ~4x the weights'
 // (16 rows x 2 bytes vs 16 columns x 0.5 bytes per k); two tiles halve that.
 constexpr int kBatchedMT = 2;
+
+// (q - z) * s (one fp16 rounding) of one 32-row chunk of the A-tile rows g (word wl, metadata
+// ml) and g + 8 (wh, mh): dq[0 or 1][word i][e] = half2 of rows 8 i + 2 e, 8 i + 2 e + 1.
+__device__ __forceinline__ void int4_chunk_pair(const uint4& wl, uint32_t ml, const uint4& wh, uint32_t mh,
+                                                uint32_t (&dq)[2][4][4]) {
+#pragma unroll
+  for (int cc = 0; cc < 2; cc++) {
+    const uint4 w = cc ? wh : wl;
+    const uint32_t m = cc ? mh : ml;
+    const Int4Zero z = int4_zero(m >> 16);
+    const __half2 s2 = u2h2((m & 0xFFFFu) * 0x00010001u);
+    const uint32_t ww[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      __half2 d[4];
+      int4_word(ww[i], z, d);
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const __half2 v = __hmul2(d[e], s2);
+        dq[cc][i][e] = *reinterpret_cast<const uint32_t*>(&v);
+      }
+    }
+  }
+}
+
 template <int NT, int MT>
 __global__ void __launch_bounds__(256)
     gptq4_batched_v2_kernel(float* __restrict__ y, int ldy, const __half* __restrict__ x, GptqDev L,
@@ -419,26 +446,8 @@ __global__ void __launch_bounds__(256)
       }
 #pragma unroll
       for (int mt = 0; mt < MT; mt++) {
-        // (q - z) * s for the 8 rows of each word, both W rows: dq[col][i][0..3] = rows {0,1}, {2,3}, {4,5}, {6,7}
         uint32_t dq[2][4][4];
-#pragma unroll
-        for (int cc = 0; cc < 2; cc++) {
-          const uint4 w = cc ? wh[u][mt] : wl[u][mt];
-          const uint32_t m = cc ? sh[u][mt] : sl[u][mt];
-          const Int4Zero z = int4_zero(m >> 16);
-          const __half2 s2 = u2h2((m & 0xFFFFu) * 0x00010001u);
-          const uint32_t ww[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-          for (int i = 0; i < 4; i++) {
-            __half2 d[4];
-            int4_word(ww[i], z, d);
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-              const __half2 v = __hmul2(d[e], s2);
-              dq[cc][i][e] = *reinterpret_cast<const uint32_t*>(&v);
-            }
-          }
-        }
+        int4_chunk_pair(wl[u][mt], sl[u][mt], wh[u][mt], sh[u][mt], dq);
 #pragma unroll
         for (int i = 0; i < 4; i++)
 #pragma unroll
@@ -459,6 +468,173 @@ __global__ void __launch_bounds__(256)
     if (mt) __syncthreads();  // red is reused
     batched_tile_store<kWarpsB, NT>(red, acc[mt], y, ldy, b, M, N, n0 + 16 * mt, accumulate);
   }
+}
+
+// ---- batched decode, staged: W, metadata and x through a cp.async pipeline in shared memory ----
+// The same products as gptq4_batched_v2_kernel (the same fp16 weights from int4_chunk_pair, the
+// same k relabelling inside a super-chunk), only the summation order of the fp32 partials differs.
+// Why: in v2 a warp loads its x fragments from L2 right before the mma and its next weights only
+// after the mma, so it has no load in flight while it computes and waits a whole memory round
+// trip every iteration, and at MT = 2 its 192 registers leave one block an SM; a 7B step of 16 rows ran its weights at
+// ~1.0 TB/s where the one-row GEMV reaches ~2.9. Here a block (8 warps, MT tiles of 16 columns)
+// splits its warps as MT column tiles x KW = 8 / MT super-chunk lanes; a stage is KW consecutive
+// super-chunks (CPS = 4 KW chunks of 32 rows): x [8 NT rows][CPS chunks] (one slab for the MT
+// tiles of the block), the packed words [16 MT columns][CPS] and their (scale, zero) words, all
+// copied with cp.async kBatchedStages - 1 stages ahead of the mma, so the weights and x of three
+// stages are in flight while a warp dequantizes and multiplies. Warp (kw, mt) takes chunk
+// 4 kw + t of each stage for lane (g, t), as v2 does within its super-chunk.
+// Shared layouts, in 16-byte units (each quarter warp's 16-byte reads hit 8 distinct bank groups):
+//   x:    row r (0 .. 8 NT - 1), unit u = 4 chunk + piece at r * 4 CPS + (u ^ (bit 3 of u) << 1 ^ (r & 1))
+//         (lanes g = 0, 1 x t = 0..3 read units 4 t + i of rows g: bits t0, i1 ^ t1, i0 ^ g0 differ);
+//   W:    column n (0 .. 16 MT - 1), chunk j at n * CPS + (j ^ (n & 1) << 2) (CPS >= 8);
+//   meta: column n, chunk j at n * (CPS + 4) + j, in 32-bit words ((CPS + 4) / 4 = KW + 1 is odd:
+//         the 8 columns g of a warp start on distinct 4-bank groups).
+// Shared memory (kBatchedStages = 4), a stage / all: NT = 2, MT = 2: 26.5 / 106 KB (two blocks
+// an SM); NT = 2, MT = 4: 19 / 76 KB; NT = 1, MT = 1: 26.25 / 105 KB; NT = 2, MT = 1: 42.25 /
+// 169 KB (one block). Registers (ptxas, sm_90, no spills): 96, 76, 84, 116. Rows >= M and
+// chunks >= K / 32 are zero-filled (x = 0, weight words 0, scale 0), which adds nothing; columns
+// >= N repeat column N - 1 and are not stored.
+constexpr int kBatchedStages = 4;
+template <int NT, int MT>
+struct BatchedStage {
+  static constexpr int KW = 8 / MT, CPS = 4 * KW, COLS = 16 * MT;
+  static constexpr int XU = 8 * NT * CPS * 4, WU = COLS * CPS, MS = CPS + 4;  // x, W units; meta stride
+  static constexpr int bytes = (XU + WU) * 16 + COLS * MS * 4;                   // one stage
+  static constexpr int smem = kBatchedStages * bytes;
+  static_assert(KW >= 2 && XU % 256 == 0 && WU % 256 == 0, "stage geometry");
+  static_assert(smem >= 8 * 16 * 17 * 4, "the reduction reuses the stages");
+};
+
+// 4-byte async copy global -> shared (through L1: .cg takes 16 bytes only); zero-fill when !pred.
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool pred) {
+  const unsigned s = unsigned(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(s), "l"(gmem), "r"(pred ? 4 : 0));
+}
+__device__ __forceinline__ int stage_x_unit(int u, int r) { return u ^ (((u >> 3) & 1) << 1) ^ (r & 1); }
+
+template <int NT, int MT>
+__global__ void __launch_bounds__(256, 2)
+    gptq4_batched_stage_kernel(float* __restrict__ y, int ldy, const __half* __restrict__ x, GptqDev L,
+                               const float* __restrict__ b, int M, bool accumulate) {
+  using G = BatchedStage<NT, MT>;
+  constexpr int KW = G::KW, CPS = G::CPS, RU = 4 * CPS;  // RU: x units a row
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int kw = warp % KW, mt = warp / KW;
+  const int n0 = blockIdx.x * G::COLS, N = L.N, K = L.K, nch = K / 32, nst = (nch + CPS - 1) / CPS;
+  auto xs = [&](int st) { return reinterpret_cast<uint4*>(smem_raw + st * G::bytes); };
+  auto ws = [&](int st) { return xs(st) + G::XU; };
+  auto ms = [&](int st) { return reinterpret_cast<uint32_t*>(ws(st) + G::WU); };
+  const uint4* qw = reinterpret_cast<const uint4*>(L.qw);
+  auto load_w = [&](int s) {  // the packed words and metadata of stage s
+    uint4* w = ws(s % kBatchedStages);
+    uint32_t* m = ms(s % kBatchedStages);
+#pragma unroll
+    for (int k = 0; k < G::WU / 256; k++) {
+      const int e = tid + 256 * k, col = e / CPS, j = e % CPS, c = s * CPS + j, n = min(n0 + col, N - 1);
+      const bool ok = c < nch;
+      cp_async16(w + col * CPS + (j ^ ((col & 1) << 2)), qw + int64_t(n) * nch + (ok ? c : 0), ok);
+      cp_async4(m + col * G::MS + j, L.meta + int64_t(n) * L.ngroups + (ok ? __ldg(L.cg + c) : 0), ok);
+    }
+  };
+  auto load_x = [&](int s) {  // rows 0 .. 8 NT - 1 of x at the chunks of stage s
+    uint4* xb = xs(s % kBatchedStages);
+#pragma unroll
+    for (int k = 0; k < G::XU / 256; k++) {
+      const int e = tid + 256 * k, r = e / RU, u = e % RU, c = s * CPS + u / 4;
+      const bool ok = r < M && c < nch;
+      cp_async16(xb + r * RU + stage_x_unit(u, r), ok ? x + int64_t(r) * K + c * 32 + (u % 4) * 8 : x, ok);
+    }
+  };
+  float acc[NT][4];
+#pragma unroll
+  for (int j = 0; j < NT; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+  // The weights of the first stages go out before pdl_wait (they do not depend on earlier
+  // kernels); cp.async group s then holds x of stage s (group 0 also all those weights).
+  for (int s = 0; s < kBatchedStages - 1; s++)
+    if (s < nst) load_w(s);
+  pdl_wait();
+  pdl_trigger();
+  for (int s = 0; s < kBatchedStages - 1; s++) {
+    if (s < nst) load_x(s);
+    cp_async_commit();
+  }
+  const int j = 4 * kw + t, ca = 16 * mt + g;  // this lane's chunk of a stage; its A-tile rows ca, ca + 8
+  for (int it = 0; it < nst; it++) {
+    cp_async_wait<kBatchedStages - 2>();
+    __syncthreads();  // stage it landed for all threads; the buffer of stage it - 1 may be refilled
+    const int nx = it + kBatchedStages - 1;
+    if (nx < nst) {
+      load_w(nx);
+      load_x(nx);
+    }
+    cp_async_commit();
+    const int st = it % kBatchedStages;
+    const uint4* xb = xs(st);
+    const uint4* wb = ws(st);
+    const uint32_t* mb = ms(st);
+    const int jw = j ^ ((g & 1) << 2);  // (ca + 8) & 1 == ca & 1 == g & 1
+    uint32_t dq[2][4][4];
+    int4_chunk_pair(wb[ca * CPS + jw], mb[ca * G::MS + j], wb[(ca + 8) * CPS + jw], mb[(ca + 8) * G::MS + j], dq);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      uint4 xv[NT];  // rows g + 8 r, k rows 32 c + 8 i .. + 7 (c: this lane's chunk)
+#pragma unroll
+      for (int r = 0; r < NT; r++) xv[r] = xb[(g + 8 * r) * RU + stage_x_unit(4 * j + i, g)];
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        const uint32_t a[4] = {dq[0][i][2 * h], dq[1][i][2 * h], dq[0][i][2 * h + 1], dq[1][i][2 * h + 1]};
+#pragma unroll
+        for (int r = 0; r < NT; r++) mma16816<__half>(acc[r], a, h ? xv[r].z : xv[r].x, h ? xv[r].w : xv[r].y);
+      }
+    }
+  }
+  // The KW partial tiles of each column tile, summed in a fixed order (deterministic).
+  cp_async_wait<0>();
+  __syncthreads();  // every warp is done with the stages: the reduction reuses them
+  float(*red)[16][17] = reinterpret_cast<float(*)[16][17]>(smem_raw);
+  c_tile_to_shared<NT>(red[warp], acc);
+  __syncthreads();
+  const int rr = tid / 16, m = tid % 16;
+#pragma unroll
+  for (int tile = 0; tile < MT; tile++) {
+    const int n = n0 + 16 * tile + rr;
+    if (m < 8 * NT && m < M && n < N) {
+      float v = 0.0f;
+#pragma unroll
+      for (int w = 0; w < KW; w++) v += red[tile * KW + w][rr][m];
+      v += b ? b[n] : 0.0f;
+      float* dst = y + int64_t(m) * ldy + n;
+      *dst = accumulate ? *dst + v : v;
+    }
+  }
+}
+
+// The gptq_batched kernel choice (see gptq_batched_set_kernel below).
+enum BatchedKernel { kBatchedV2 = 0, kBatchedStage = 1, kBatchedStage16 = 2, kBatchedStage64 = 3, kBatchedAuto = 4 };
+int batched_kernel_override = -1;  // gptq_batched_set_kernel
+
+int batched_kernel() {
+  static const int from_env = [] {
+    const char* e = std::getenv("QWEN_GPTQ_BATCHED_KERNEL");
+    if (!e || !*e || std::strcmp(e, "auto") == 0) return int(kBatchedAuto);
+    if (std::strcmp(e, "v2") == 0) return int(kBatchedV2);
+    if (std::strcmp(e, "stage") == 0) return int(kBatchedStage);
+    if (std::strcmp(e, "stage16") == 0) return int(kBatchedStage16);
+    if (std::strcmp(e, "stage64") == 0) return int(kBatchedStage64);
+    throw Error(std::string("cuda: QWEN_GPTQ_BATCHED_KERNEL=") + e + " is not auto, v2, stage, stage16 or stage64");
+  }();
+  return batched_kernel_override >= 0 ? batched_kernel_override : from_env;
+}
+
+template <int NT, int MT>
+void launch_batched_stage(float* y, int ldy, const __half* x, const GptqDev& L, const float* b, int M, bool accumulate,
+                          cudaStream_t s) {
+  constexpr int smem = BatchedStage<NT, MT>::smem;
+  CK(cudaFuncSetAttribute(gptq4_batched_stage_kernel<NT, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  launch_pdl(gptq4_batched_stage_kernel<NT, MT>, ceil_div(L.N, 16 * MT), 256, smem, s, y, ldy, x, L, b, M,
+             accumulate);
+  CK_LAUNCH("gptq4_batched_stage_kernel");
 }
 
 // xp [T, K] = x[:, perm] (16-bit elements).
@@ -696,11 +872,46 @@ void gptq_matmul(float* y, int ldy, const void* x, const GptqDev& L, const float
   }
 }
 
+// Which batched kernel gptq_batched runs: QWEN_GPTQ_BATCHED_KERNEL, read once: "auto" (the
+// default: the faster of the two below for the shape, as time_gptq_batched measured them on an
+// H200 at the 7B shapes: "stage" above 8 rows when K <= 4096 (12288x4096 18.4 vs 20.5 us,
+// 22016x4096 30.8 vs 36.6; 4096x11008 19.5 vs 16.6 is v2's), and at most 8 rows when N <= 4096
+// (4096x4096 5.9 vs 8.0 us at 8 rows, 4096x11008 11.6 vs 16.9; the wide layers are v2's), "v2"
+// (gptq4_batched_v2_kernel), "stage" (gptq4_batched_stage_kernel: 32 columns a block
+// above 8 rows, 16 at most 8), "stage16" (16 columns a block), "stage64" (64 columns a block
+// above 8 rows, 32 at most 8). gptq_batched_set_kernel (for the timing harness,
+// test/cuda/time_gptq_batched.cuh) overrides it: 0 v2, 1 stage, 2 stage16, 3 stage64, -1 back to
+// the environment's choice.
+void gptq_batched_set_kernel(int v) {
+  if (v < -1 || v > kBatchedStage64)
+    throw Error("cuda: gptq_batched_set_kernel: kernel " + std::to_string(v) + " is not -1 .. 3");
+  batched_kernel_override = v;
+}
+
 void gptq_batched(float* y, int ldy, const void* x, const GptqDev& L, const float* b, int M, bool accumulate, DT dt,
                   cudaStream_t s) {
   if (L.layout != 1 || dt != DT::F16 || L.bits != 4 || L.K % 32 != 0 || (reinterpret_cast<uintptr_t>(x) & 15) ||
       M < 1 || M > kGemvBatchMax || ldy < L.N)
     throw Error("cuda: gptq_batched needs the v2 layout (int4, fp16), K % 32 == 0, a 16-byte aligned x, 1..16 rows");
+  const __half* xh = static_cast<const __half*>(x);
+  int kernel = batched_kernel();
+  if (kernel == kBatchedAuto) kernel = (M > 8 ? L.K <= 4096 : L.N <= 4096) ? kBatchedStage : kBatchedV2;
+  switch (kernel) {
+    case kBatchedStage:
+      if (M <= 8) launch_batched_stage<1, 1>(y, ldy, xh, L, b, M, accumulate, s);
+      else launch_batched_stage<2, 2>(y, ldy, xh, L, b, M, accumulate, s);
+      return;
+    case kBatchedStage16:
+      if (M <= 8) launch_batched_stage<1, 1>(y, ldy, xh, L, b, M, accumulate, s);
+      else launch_batched_stage<2, 1>(y, ldy, xh, L, b, M, accumulate, s);
+      return;
+    case kBatchedStage64:
+      if (M <= 8) launch_batched_stage<1, 2>(y, ldy, xh, L, b, M, accumulate, s);
+      else launch_batched_stage<2, 4>(y, ldy, xh, L, b, M, accumulate, s);
+      return;
+    default:
+      break;
+  }
   // Two column tiles a warp where the rows are many (H100, 7B int4, 16 rows: 5.24 vs 5.43 ms a
   // step); one where they are few (4 rows: 3.23 vs 3.49 ms: the grid is then too small).
   // QWEN_GPTQ_BATCHED_MT=1 forces one tile.
@@ -708,7 +919,6 @@ void gptq_batched(float* y, int ldy, const void* x, const GptqDev& L, const floa
     const char* e = std::getenv("QWEN_GPTQ_BATCHED_MT");
     return e && std::strcmp(e, "1") == 0;
   }();
-  const __half* xh = static_cast<const __half*>(x);
   if (M <= 8)
     launch_pdl(gptq4_batched_v2_kernel<1, 1>, ceil_div(L.N, 16), 256, 0, s, y, ldy, xh, L, b, M, accumulate);
   else if (one_tile)

@@ -1998,6 +1998,8 @@ void profile_prefill(const char* tag, DT dt, int H, int n, int F, int V, int L, 
 
 }  // namespace
 
+#include "time_gptq_batched.cuh"  // time_gptq_batched(): the batched int4 kernels at 7B shapes
+
 int main(int argc, char** argv) {
   bool model = true, timing = true;
   for (int i = 1; i < argc; i++) {
@@ -2434,6 +2436,7 @@ int main(int argc, char** argv) {
       for (const auto& s : nk) time_gemm(DT::BF16, 2048, s[0], s[1]);
     }
     if (timing && want("time_gptq")) time_gptq();
+    if (g_filter == "time_gptq_batched") time_gptq_batched();
     if (timing && want("time") && g_filter != "time_gptq") {
       time_gemm(DT::BF16, 512, 22016, 4096);
       time_gemm(DT::BF16, 512, 4096, 11008);
