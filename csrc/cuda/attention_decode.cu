@@ -262,11 +262,7 @@ void launch_decode(void* out, const void* q, const KvLayer& kv, const int* pos0_
                 " KV heads (n_kv must divide n)");
   if (splits < 1) splits = 1;
   const int kmin = splits > 1 ? kDecodeMinKeysPerSplit : 1;
-  // Query heads per block: the largest divisor of the group size g = n / n_kv up to 8 (shared
-  // memory [groups][gc][d + 2] floats stays under 41 KB for every d).
-  const int g = n / n_kv;
-  int gc = std::min(g, 8);
-  while (g % gc != 0) gc--;
+  const int gc = attention_decode_heads_per_block(n, n_kv);
   const float scale = 1.0f / std::sqrt(float(d));
   QWEN_DISPATCH_DT(dt, E, {
     E* o = static_cast<E*>(out);

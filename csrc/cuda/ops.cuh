@@ -121,6 +121,15 @@ void attention_decode(void* out, const void* q, const void* k_cache, const void*
                       int T, int n, int n_kv, int d, int splits, float* partial, DT dt, cudaStream_t s);
 // The fewest keys a split-KV range covers (the model sizes `splits` with it too).
 constexpr int kDecodeMinKeysPerSplit = 32;
+// Query heads a block of attention_decode serves: the largest divisor of the group size
+// g = n / n_kv up to 8 (shared memory [groups][gc][d + 2] floats stays under 41 KB for every d).
+// A launch has n / gc x splits x T blocks.
+inline int attention_decode_heads_per_block(int n, int n_kv) {
+  const int g = n / n_kv;
+  int gc = g < 8 ? g : 8;
+  while (g % gc != 0) gc--;
+  return gc;
+}
 // Floats of `partial` that attention_decode needs.
 inline size_t attention_decode_partial_floats(int T, int n, int d, int splits) {
   return splits > 1 ? size_t(T) * n * splits * (d + 2) : 0;
