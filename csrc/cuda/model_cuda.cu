@@ -407,8 +407,10 @@ class CudaBackend : public Backend {
   }
 
   // The engine feeds longer prompts in pieces of kEngineChunk tokens, so that the other
-  // sequences' decoding goes on between them.
-  int prefill_chunk() const override { return std::min(kEngineChunk, chunk_); }
+  // sequences' decoding goes on between them. A GPTQ model takes whole passes (chunk_): each
+  // pass dequantizes every layer (gptq_matmul), a fixed cost that 512-row pieces paid four times
+  // for what one 2048-row pass does once.
+  int prefill_chunk() const override { return has_gptq_ ? chunk_ : std::min(kEngineChunk, chunk_); }
 
   // The cache of a batch item, checked: made by this model, room for n more positions, not the
   // cache of an earlier item of the same pass.
@@ -897,6 +899,7 @@ class CudaBackend : public Backend {
       if (o.q >= 0) {
         const QOff& q = qoffs[size_t(o.q)];
         d.quant = true;
+        has_gptq_ = true;
         d.q.qw = reinterpret_cast<const uint32_t*>(wb + q.qw);
         d.q.meta = reinterpret_cast<const uint32_t*>(wb + q.meta);
         d.q.cg = reinterpret_cast<const int32_t*>(wb + q.cg);
@@ -1247,6 +1250,7 @@ class CudaBackend : public Backend {
   bool use_graph_ = true;
   int chunk_ = kDefaultChunk;  // prefill rows per pass (the workspace is sized for it)
   int sms_ = 1;               // the device's multiprocessors
+  bool has_gptq_ = false;     // some linear is GPTQ (prefill passes dequantize)
   bool device_argmax_ = true;  // forward_argmax on the device unless QWEN_DEVICE_ARGMAX=0
   std::mutex mu_;
   cudaStream_t stream_ = nullptr;
