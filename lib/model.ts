@@ -205,8 +205,8 @@ function readJsonIfExists(file: string): Record<string, unknown> | null {
 
 /**
  * One sequence: a KV cache that `eval` appends to. The cache is allocated by the sequence's first
- * eval or generation, on the native thread, so an out-of-memory error surfaces there: 64
- * positions, and the whole contextLength the first time the sequence needs more.
+ * eval or generation, on the native thread, so an out-of-memory error surfaces there: a page of
+ * 64 positions, then another page each time the sequence needs one (up to contextLength).
  */
 export class Sequence {
   #native: NativeSequence | null;
