@@ -364,8 +364,8 @@ export class Model {
   /**
    * Bytes held by the backend: weights (device memory on CUDA), live KV caches (their pages of
    * 64 positions), kvCacheFree: KV pages kept for reuse after their sequences ended (CUDA, up to
-   * 1 GiB; 0 on the CPU), scratch buffers, and hostWeights: weights the GPU reads from
-   * page-locked host memory (CUDA keeps the embedding table there).
+   * 1 GiB or 1/16 of the GPU; 0 on the CPU), scratch buffers, and hostWeights: weights the GPU
+   * reads from page-locked host memory (CUDA keeps the embedding table there).
    */
   memory(): { weights: number; kvCache: number; kvCacheFree: number; workspace: number; hostWeights: number } {
     return this.#live('memory').memory();

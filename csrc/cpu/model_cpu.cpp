@@ -39,15 +39,21 @@ struct CpuCache : KvCache {
   void grow(int positions) {
     const size_t want = (size_t(positions) + kKvPage - 1) / kKvPage;
     if (want <= pages.size()) return;
-    std::vector<std::unique_ptr<char[]>> added;
-    try {
-      while (pages.size() + added.size() < want) added.emplace_back(new char[page_bytes]);
+    const size_t n = want - pages.size();
+    try {  // every allocation first: a failure leaves the cache as it was
+      pages.reserve(want);
+      std::vector<std::unique_ptr<char[]>> added;
+      added.reserve(n);
+      while (added.size() < n) {
+        std::unique_ptr<char[]> p(new char[page_bytes]);
+        added.push_back(std::move(p));
+      }
+      for (auto& p : added) pages.push_back(std::move(p));  // no allocation: reserved
     } catch (const std::bad_alloc&) {
-      throw Error("out of memory allocating KV cache pages: " + std::to_string(want - pages.size()) + " of " +
+      throw Error("out of memory allocating KV cache pages: " + std::to_string(n) + " of " +
                   std::to_string(page_bytes >> 10) + " KiB (lower contextLength)");
     }
-    for (auto& p : added) pages.push_back(std::move(p));
-    *live_bytes += added.size() * page_bytes;
+    *live_bytes += n * page_bytes;
     capacity = int(pages.size()) * kKvPage;
   }
   // Layer l's planes in page p: K/V rows (fp32 or uint8) and, int8, K scale/zero, V scale/zero.
@@ -152,8 +158,16 @@ class CpuBackend : public Backend {
     return r;
   }
 
+  // The cache of a step, checked: made by a CPU backend, with pages for n more positions.
+  static CpuCache& cache_for(KvCache& base, int n) {
+    CpuCache* c = dynamic_cast<CpuCache*>(&base);
+    if (!c) throw Error("cpu: this KV cache was not made by a CPU model");
+    if (n < 1 || c->length + n > c->capacity) throw Error("cpu: forward past the KV cache's capacity");
+    return *c;
+  }
+
   void forward(KvCache& base_cache, const int32_t* ids, int T, float* logits, bool all_logits) override {
-    CpuCache& cache = static_cast<CpuCache&>(base_cache);
+    CpuCache& cache = cache_for(base_cache, T);
     const int H = cfg_.hidden_size;
     std::vector<Seg> segs = {{&cache, 0, T, cache.length}};
     std::vector<float> x(size_t(T) * H), h(size_t(T) * H);
@@ -177,7 +191,7 @@ class CpuBackend : public Backend {
     std::vector<int32_t> ids;
     int T = 0;
     for (BatchItem& it : items) {
-      CpuCache* c = static_cast<CpuCache*>(it.cache);
+      CpuCache* c = &cache_for(*it.cache, it.n);
       segs.push_back({c, T, it.n, c->length});
       ids.insert(ids.end(), it.ids, it.ids + it.n);
       T += it.n;

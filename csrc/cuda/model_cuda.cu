@@ -51,6 +51,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <algorithm>
+#include <map>
 #include <mutex>
 #include <unistd.h>
 #include <vector>
@@ -119,69 +120,93 @@ class CudaBackend;
 
 static_assert(cuda::kKvPage == kKvPage, "the kernels and the core page KV caches alike");
 
-// The KV pages of one backend, all of one size (every layer's K and V rows of kKvPage positions):
-// cudaMalloc'd one at a time, and kept on a free list when a cache lets them go (up to
-// kKeepBytes) so that the next sequences take them without a cudaMalloc or a cudaFree (a
-// cudaFree waits for the whole device). Shared by the caches, which may outlive the backend.
-struct PagePool {
-  static constexpr size_t kKeepBytes = size_t(1) << 30;
+// The device memory of one backend's KV caches: pages (every layer's K and V rows of kKvPage
+// positions) and each cache's table block (page table + rope table, rounded up to a power of
+// two), cudaMalloc'd as needed and kept on a free list per size when a cache lets them go, up
+// to keep_bytes in all, so that the next sequences take them without a cudaMalloc or a cudaFree
+// (a cudaFree waits for the whole device). trim() hands the kept blocks back to the driver: the
+// backend calls it when an allocation fails, and close() when it is destroyed, after which blocks
+// given back are freed at once. Shared by the caches, which may outlive the backend.
+struct KvPool {
   int device = 0;
   size_t page_bytes = 0;
+  size_t keep_bytes = 0;
   std::string gpu;
   std::mutex mu;
-  std::vector<char*> free;
-  ~PagePool() {
-    cudaSetDevice(device);
-    for (char* p : free) cudaFree(p);
-  }
-  char* take() {
+  std::map<size_t, std::vector<char*>> free;
+  size_t kept = 0;
+  bool closed = false;
+  ~KvPool() { trim(); }
+  // A block of `bytes` (from the free list, or cudaMalloc after trimming the kept ones if need be);
+  // throws Error naming `what` when the GPU has no room.
+  char* take(size_t bytes, const std::string& what) {
     {
       std::lock_guard<std::mutex> lock(mu);
-      if (!free.empty()) {
-        char* p = free.back();
-        free.pop_back();
+      auto it = free.find(bytes);
+      if (it != free.end() && !it->second.empty()) {
+        char* p = it->second.back();
+        it->second.pop_back();
+        kept -= bytes;
         return p;
       }
     }
     void* p = nullptr;
-    const cudaError_t e = cudaMalloc(&p, page_bytes);
-    if (e != cudaSuccess) {
+    for (int attempt = 0; attempt < 2; attempt++) {
+      if (cudaMalloc(&p, bytes) == cudaSuccess) return static_cast<char*>(p);
       cudaGetLastError();
-      size_t free_b = 0, total_b = 0;
-      cudaMemGetInfo(&free_b, &total_b);
-      throw Error("cuda: out of memory for the KV cache: a page of " + std::to_string(kKvPage) + " positions takes " +
-                  std::to_string(page_bytes >> 10) + " KiB, " + gib(free_b) + " GiB free on " + gpu +
-                  " (fewer concurrent sequences, shorter ones, or kvCache: 'int8')");
+      trim();
     }
-    return static_cast<char*>(p);
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    cudaGetLastError();
+    throw Error("cuda: out of memory for " + what + " (" + std::to_string(bytes >> 10) + " KiB), " + gib(free_b) +
+                " GiB free on " + gpu + " (fewer concurrent sequences, shorter ones, or kvCache: 'int8')");
   }
-  void give(char* p) {
-    std::lock_guard<std::mutex> lock(mu);
-    if ((free.size() + 1) * page_bytes <= kKeepBytes) {
-      free.push_back(p);
-    } else {
-      cudaSetDevice(device);
-      cudaFree(p);
+  void give(char* p, size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!closed && kept + bytes <= keep_bytes) {
+        free[bytes].push_back(p);
+        kept += bytes;
+        return;
+      }
     }
+    cudaSetDevice(device);
+    cudaFree(p);
+  }
+  void trim() {
+    std::lock_guard<std::mutex> lock(mu);
+    cudaSetDevice(device);
+    for (auto& [bytes, list] : free)
+      for (char* p : list) cudaFree(p);
+    free.clear();
+    kept = 0;
+  }
+  void close() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      closed = true;
+    }
+    trim();
   }
   size_t free_bytes() {
     std::lock_guard<std::mutex> lock(mu);
-    return free.size() * page_bytes;
+    return kept;
   }
 };
 
 // One sequence's cache: its pages (a page holds, for kKvPage positions, K then V rows of every
 // layer [L][n_kv][kKvPage][d], then for int8 the (scale, zero) pairs of K then V [L][n_kv][kKvPage])
-// and one allocation `aux` for the page table the kernels read (room for the limit's pages, so
-// its address, and a graph captured with it, never change), the rope table and the decode
-// attention partials.
+// and one block `aux` for the page table the kernels read (room for the limit's pages, so its
+// address, and a graph captured with it, never change) and the rope table. The decode attention
+// partials are the backend's (partial_): steps run one at a time on its stream.
 class CudaCache : public KvCache {
  public:
   const CudaBackend* owner = nullptr;
   int device = 0;
   int layers = 0;
   bool int8 = false;  // uint8 k/v with (scale, zero) per (token, head); else the 16-bit type
-  std::shared_ptr<PagePool> pool;
+  std::shared_ptr<KvPool> pool;
   std::vector<char*> pages;  // host copy of the table
   void* aux = nullptr;
   size_t aux_bytes = 0;
@@ -189,8 +214,7 @@ class CudaCache : public KvCache {
   int max_pages = 0;
   size_t plane_bytes = 0, sz_plane_bytes = 0;  // one layer's K (or V) rows / (scale, zero) pairs in a page
   float* inv_freq = nullptr;
-  float* partial = nullptr;  // decode attention partials [n, splits, d + 2]
-  int splits = 1;
+  int splits = 1;  // decode attention split-KV ranges
   double alpha_uploaded = -1.0;
   cudaGraphExec_t graph = nullptr;
   std::shared_ptr<std::atomic<size_t>> live;
@@ -198,9 +222,9 @@ class CudaCache : public KvCache {
   ~CudaCache() override {
     cudaSetDevice(device);
     if (graph) cudaGraphExecDestroy(graph);
-    for (char* p : pages) pool->give(p);
-    if (aux) cudaFree(aux);
     if (live) *live -= bytes();
+    for (char* p : pages) pool->give(p, pool->page_bytes);
+    if (aux) pool->give(static_cast<char*>(aux), aux_bytes);
   }
   size_t bytes() const override { return pages.size() * (pool ? pool->page_bytes : 0) + aux_bytes; }
   // Layer l as the kernels address it: the page table and the byte offsets of its planes.
@@ -248,10 +272,11 @@ class CudaBackend : public Backend {
       const size_t rows = size_t(cfg.num_kv_heads) * kKvPage;
       page_plane_bytes_ = align256(rows * size_t(cfg.head_dim) * (int8_kv_ ? 1 : 2));
       page_sz_plane_bytes_ = int8_kv_ ? align256(rows * sizeof(float2)) : 0;
-      page_pool_ = std::make_shared<PagePool>();
-      page_pool_->device = dev_;
-      page_pool_->gpu = gpu_name_;
-      page_pool_->page_bytes = 2 * size_t(cfg.num_layers) * (page_plane_bytes_ + page_sz_plane_bytes_);
+      pool_ = std::make_shared<KvPool>();
+      pool_->device = dev_;
+      pool_->gpu = gpu_name_;
+      pool_->page_bytes = 2 * size_t(cfg.num_layers) * (page_plane_bytes_ + page_sz_plane_bytes_);
+      pool_->keep_bytes = std::min(size_t(1) << 30, size_t(prop.totalGlobalMem) / 16);
     }
     try {
       load(w, progress);
@@ -288,49 +313,50 @@ class CudaBackend : public Backend {
     const size_t want = size_t(cuda::ceil_div(std::max(capacity, 1), kKvPage)), have = c.pages.size();
     if (want <= have) return;
     if (want > size_t(c.max_pages)) throw Error("cuda: a KV cache grown past its limit");
+    // The new pages are the cache's only once the table holds them: until then a failure gives
+    // them back and leaves the cache as it was.
+    std::vector<char*> added;
+    added.reserve(want - have);
+    c.pages.reserve(want);
+    const std::string what = "the KV cache: a page of " + std::to_string(kKvPage) + " positions";
     try {
-      while (c.pages.size() < want) c.pages.push_back(page_pool_->take());
+      while (added.size() < want - have) added.push_back(pool_->take(pool_->page_bytes, what));
+      CK(cudaMemcpyAsync(c.table + have, added.data(), added.size() * sizeof(char*), cudaMemcpyHostToDevice,
+                         stream_));
     } catch (...) {
-      for (size_t i = have; i < c.pages.size(); i++) page_pool_->give(c.pages[i]);
-      c.pages.resize(have);
+      for (char* p : added) pool_->give(p, pool_->page_bytes);
       throw;
     }
-    *live_kv_ += (want - have) * page_pool_->page_bytes;
-    CK(cudaMemcpyAsync(c.table + have, c.pages.data() + have, (want - have) * sizeof(char*), cudaMemcpyHostToDevice,
-                       stream_));
+    c.pages.insert(c.pages.end(), added.begin(), added.end());
+    *live_kv_ += added.size() * pool_->page_bytes;
     c.capacity = int(want) * kKvPage;
   }
 
   std::unique_ptr<CudaCache> make_cache(int capacity, int limit) {
     if (capacity < 1) throw Error("cuda: a KV cache needs a capacity of at least 1 position");
     limit = std::max(limit, capacity);
-    const int n = cfg_.num_heads, d = cfg_.head_dim;
+    const int d = cfg_.head_dim;
     auto c = std::make_unique<CudaCache>();
     c->owner = this;
     c->device = dev_;
     c->layers = cfg_.num_layers;
     c->int8 = int8_kv_;
-    c->pool = page_pool_;
+    c->pool = pool_;
     c->plane_bytes = page_plane_bytes_;
     c->sz_plane_bytes = page_sz_plane_bytes_;
     c->limit = limit;
     c->max_pages = cuda::ceil_div(limit, kKvPage);
     c->splits = std::clamp(cuda::ceil_div(limit, cuda::kDecodeMinKeysPerSplit), 1, kMaxSplits);
-    const size_t table = align256(size_t(c->max_pages) * sizeof(char*)), rope = align256(size_t(d / 2) * 4);
-    const size_t total = table + rope + align256(cuda::attention_decode_partial_floats(1, n, d, c->splits) * 4 + 4);
-    if (cudaMalloc(&c->aux, total) != cudaSuccess) {
-      cudaGetLastError();
-      c->aux = nullptr;
-      throw Error("cuda: out of memory for a KV cache's tables (" + std::to_string(total >> 10) + " KiB) on " +
-                  gpu_name_);
-    }
+    const size_t table = align256(size_t(c->max_pages) * sizeof(char*));
+    size_t total = 1024;  // a power of two: few sizes, so freed blocks are taken again
+    while (total < table + align256(size_t(d / 2) * 4)) total *= 2;
+    c->aux = pool_->take(total, "a KV cache's page table");
     c->aux_bytes = total;
     c->live = live_kv_;
     *live_kv_ += total;
     char* p = static_cast<char*>(c->aux);
     c->table = reinterpret_cast<char**>(p);
     c->inv_freq = reinterpret_cast<float*>(p + table);
-    c->partial = reinterpret_cast<float*>(p + table + rope);
     add_pages(*c, capacity);
     return c;
   }
@@ -340,7 +366,7 @@ class CudaBackend : public Backend {
     r.weights = weight_bytes_;
     r.host_weights = wte_host_bytes_;
     r.kv_cache = live_kv_->load();
-    r.kv_free = page_pool_->free_bytes();
+    r.kv_free = pool_->free_bytes();
     r.workspace = ws_bytes_ + bbytes_;
     return r;
   }
@@ -521,6 +547,19 @@ class CudaBackend : public Backend {
     cuda::argmax(bdev_->argmax, logits_, cfg_.vocab_size, stream_, B);
   }
 
+  // cudaMalloc that, when the GPU is full, hands the KV pool's kept blocks back and tries again;
+  // throws Error naming `what`.
+  void* dev_alloc(size_t bytes, const char* what) {
+    void* p = nullptr;
+    for (int attempt = 0; attempt < 2; attempt++) {
+      if (cudaMalloc(&p, bytes) == cudaSuccess) return p;
+      cudaGetLastError();
+      pool_->trim();
+    }
+    throw Error(std::string("cuda: out of memory for ") + what + " (" + std::to_string(bytes >> 10) + " KiB) on " +
+                gpu_name_);
+  }
+
   // The batched step's table (pinned host staging and its device copy) and attention partials,
   // allocated at the first batched step: a model that never batches does not pay for them.
   void ensure_batch_region() {
@@ -528,17 +567,12 @@ class CudaBackend : public Backend {
     const size_t partial = cuda::attention_decode_partial_floats(cuda::kGemvBatchMax, cfg_.num_heads, cfg_.head_dim,
                                                                  kMaxSplits) * 4;
     const size_t bytes = align256(sizeof(BatchStage)) + align256(partial);
-    size_t free_b = 0, total_b = 0;
-    CK(cudaMemGetInfo(&free_b, &total_b));
-    if (bytes > free_b)
-      throw Error("cuda: batched decoding needs " + gib(bytes) + " GiB of workspace, " + gib(free_b) + " GiB free");
+    void* dev = dev_alloc(bytes, "the batched decoding workspace");
     void* host = nullptr;
-    CK(cudaMallocHost(&host, sizeof(BatchStage)));
-    void* dev = nullptr;
-    if (cudaMalloc(&dev, bytes) != cudaSuccess) {
+    if (cudaMallocHost(&host, sizeof(BatchStage)) != cudaSuccess) {
       cudaGetLastError();
-      cudaFreeHost(host);
-      throw Error("cuda: batched decoding needs " + gib(bytes) + " GiB of workspace: cudaMalloc failed");
+      cudaFree(dev);
+      throw Error("cuda: out of pinned host memory for the batched decoding table");
     }
     bstage_ = new (host) BatchStage();
     bdev_ = static_cast<BatchStage*>(dev);
@@ -558,8 +592,8 @@ class CudaBackend : public Backend {
       release_sample_region();
       CK(cudaMallocHost(reinterpret_cast<void**>(&srow_host_), sizeof(cuda::SampleRow) * cuda::kGemvBatchMax));
       CK(cudaMallocHost(reinterpret_cast<void**>(&sid_host_), cap * sizeof(int32_t)));
-      CK(cudaMalloc(reinterpret_cast<void**>(&srow_dev_), sizeof(cuda::SampleRow) * cuda::kGemvBatchMax));
-      CK(cudaMalloc(reinterpret_cast<void**>(&sid_dev_), cap * sizeof(int32_t)));
+      srow_dev_ = static_cast<cuda::SampleRow*>(dev_alloc(sizeof(cuda::SampleRow) * cuda::kGemvBatchMax, "sampling"));
+      sid_dev_ = static_cast<int32_t*>(dev_alloc(cap * sizeof(int32_t), "sampling"));
       sid_cap_ = cap;
     }
     int off = 0;
@@ -863,7 +897,9 @@ class CudaBackend : public Backend {
                  ab_at = share ? sh_at : wplace(ab_b), lg_at = share ? sh_at : wplace(lg_b),
                  q_at = wplace(size_t(chunk_) * Q * 2),
                  att_at = wplace(size_t(chunk_) * Q * 2), g_at = wplace(size_t(chunk_) * F * 2),
-                 st_at = wplace(size_t(chunk_ + 2) * 4);
+                 st_at = wplace(size_t(chunk_ + 2) * 4),
+                 pt_at = wplace(cuda::attention_decode_partial_floats(1, cfg_.num_heads, cfg_.head_dim, kMaxSplits) * 4 +
+                                4);
     // GPTQ scratch: gathered activations (act-order: decode w1/w2 or a batched step's rows) and one
     // dequantized slice of a layer for the prefill GEMM: the whole largest layer when it fits in
     // kDeqBytes, else slices of whole 128-column tiles (cuda::gptq_matmul).
@@ -962,6 +998,7 @@ class CudaBackend : public Backend {
     g_ = wsb + g_at;
     logits_ = reinterpret_cast<float*>(wsb + lg_at);
     step_ = reinterpret_cast<int32_t*>(wsb + st_at);
+    partial_ = reinterpret_cast<float*>(wsb + pt_at);
 
     // Upload, converting where the stored type differs, reporting progress by source bytes.
     size_t total = 0, done = 0;
@@ -1094,6 +1131,7 @@ class CudaBackend : public Backend {
 
   void release() noexcept {
     cudaSetDevice(dev_);
+    if (pool_) pool_->close();  // caches that outlive the backend free their blocks at once
     for (cudaGraphExec_t& g : bgraphs_)
       if (g) cudaGraphExecDestroy(g), g = nullptr;
     if (bstage_) cudaFreeHost(bstage_);
@@ -1182,7 +1220,7 @@ class CudaBackend : public Backend {
         cuda::qkv_rope_append_kv(q, kv, c.int8, qkv, L.c_attn.b, nm, c.inv_freq, sg.pos_dev, T, n, nkv, d, logn_len,
                                  dt_, s);
         if (T == 1)
-          cuda::attention_decode_kv(att, q, kv, c.int8, sg.pos_dev, 1, n, nkv, d, c.splits, c.partial, dt_, s);
+          cuda::attention_decode_kv(att, q, kv, c.int8, sg.pos_dev, 1, n, nkv, d, c.splits, partial_, dt_, s);
         else if (cuda::attention_prefill_supported(d))
           cuda::attention_prefill_kv(att, q, kv, c.int8, sg.pos0, T, n, nkv, d, dt_, s);
         else
@@ -1250,6 +1288,7 @@ class CudaBackend : public Backend {
   bool use_graph_ = true;
   int chunk_ = kDefaultChunk;  // prefill rows per pass (the workspace is sized for it)
   int sms_ = 1;               // the device's multiprocessors
+  float* partial_ = nullptr;  // one sequence's decode attention partials [n, kMaxSplits, d + 2] (workspace)
   bool has_gptq_ = false;     // some linear is GPTQ (prefill passes dequantize)
   bool device_argmax_ = true;  // forward_argmax on the device unless QWEN_DEVICE_ARGMAX=0
   std::mutex mu_;
@@ -1305,9 +1344,9 @@ class CudaBackend : public Backend {
   cudaGraphExec_t bgraphs_[cuda::kGemvBatchMax + 1] = {};  // per batch size
   void* wsb_base(size_t at) { return static_cast<char*>(ws_) + at; }
   std::shared_ptr<std::atomic<size_t>> live_kv_;
-  // The KV pages (made in the constructor): a page's planes, one layer's K (or V) rows and int8
-  // (scale, zero) pairs.
-  std::shared_ptr<PagePool> page_pool_;
+  // The KV caches' memory (made in the constructor); a page's planes: one layer's K (or V) rows
+  // and int8 (scale, zero) pairs.
+  std::shared_ptr<KvPool> pool_;
   size_t page_plane_bytes_ = 0, page_sz_plane_bytes_ = 0;
 };
 
