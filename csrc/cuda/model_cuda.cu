@@ -346,7 +346,10 @@ class CudaBackend : public Backend {
     c->sz_plane_bytes = page_sz_plane_bytes_;
     c->limit = limit;
     c->max_pages = cuda::ceil_div(limit, kKvPage);
-    c->splits = std::clamp(cuda::ceil_div(limit, cuda::kDecodeMinKeysPerSplit), 1, kMaxSplits);
+    // As a batched step's (batched_splits), and no more than 32-key ranges fill the limit.
+    // H100, bench at contextLength 4224, 64 -> 33 splits (7B): seq.eval loop 157 -> 166 tok/s at
+    // context 128, 143 -> 148 at 4096; via complete() 191 -> 191 and 162 -> 165.
+    c->splits = std::min(batched_splits(1), cuda::ceil_div(limit, cuda::kDecodeMinKeysPerSplit));
     const size_t table = align256(size_t(c->max_pages) * sizeof(char*));
     size_t total = 1024;  // a power of two: few sizes, so freed blocks are taken again
     while (total < table + align256(size_t(d / 2) * 4)) total *= 2;
@@ -422,7 +425,7 @@ class CudaBackend : public Backend {
     }
   }
 
-  // Split-KV ranges per row of a batched decode step of B rows: enough for ~8 blocks an SM,
+  // Split-KV ranges per row of a decode step of B rows: enough for ~8 blocks an SM,
   // at least 4. (A fixed kMaxSplits launched mostly empty blocks at the usual lengths, where
   // 32-key ranges need few of them: H200, 16 rows of ~150 positions, 7B int4 step 4.92 ms with
   // 64 splits, 4.05 with 8, 4.05 with 4; 7B bf16 7.04 / 6.29 / 6.25 ms.) Depends on B alone, so
