@@ -97,12 +97,10 @@ void attention_rows(float* out, const float* q, int64_t q_stride, int T, int n, 
 
 }  // namespace
 
+// The contiguous cache [n_kv, capacity, d] is the paged form with one page of `capacity` rows.
 void attention_gqa(float* out, const float* q, int64_t q_stride, const float* k_cache, const float* v_cache,
                    int capacity, int T, int n, int n_kv, int d, int pos0, ThreadPool& pool) {
-  auto rows = [&](const float* cache) {
-    return [=](int h, int j, float*) { return cache + (int64_t(h) * capacity + j) * d; };
-  };
-  attention_rows(out, q, q_stride, T, n, n_kv, d, pos0, pool, rows(k_cache), rows(v_cache));
+  attention_gqa_paged(out, q, q_stride, &k_cache, &v_cache, capacity, T, n, n_kv, d, pos0, pool);
 }
 
 void attention(float* out, const float* q, int64_t q_stride, const float* k_cache, const float* v_cache, int capacity,
@@ -126,16 +124,7 @@ void kv_quantize_int8(const float* x, int d, uint8_t* q, float* scale, float* ze
 
 void attention_int8_gqa(float* out, const float* q, int64_t q_stride, const KvInt8& k, const KvInt8& v, int capacity,
                         int T, int n, int n_kv, int d, int pos0, ThreadPool& pool) {
-  auto rows = [&](const KvInt8& kv) {
-    return [=](int h, int j, float* buf) {
-      const int64_t r = int64_t(h) * capacity + j;
-      const uint8_t* src = kv.q + r * d;
-      const float s = kv.scale[r], z = kv.zero[r];
-      for (int c = 0; c < d; c++) buf[c] = s * (float(src[c]) - z);
-      return static_cast<const float*>(buf);
-    };
-  };
-  attention_rows(out, q, q_stride, T, n, n_kv, d, pos0, pool, rows(k), rows(v));
+  attention_int8_gqa_paged(out, q, q_stride, &k, &v, capacity, T, n, n_kv, d, pos0, pool);
 }
 
 void attention_int8(float* out, const float* q, int64_t q_stride, const KvInt8& k, const KvInt8& v, int capacity,
