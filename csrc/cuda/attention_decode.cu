@@ -248,13 +248,15 @@ void launch_split(E* out, float* partial, const E* q, const KvLayer& kv, const i
                   const KvBatchRow* brows, int layer) {
   const int groups = (kThreads / 32) * (32 / (d / 8));
   const size_t smem = size_t(groups) * gc * (d + 2) * sizeof(float);
-  launch_pdl(attn_split_kernel<E, Q8, GM>, dim3(n / gc, splits, T), kThreads, smem, s, out, partial, q, kv, pos0_dev, n, n_kv, gc, d, splits, kmin, scale, brows, layer);
+  launch_pdl(attn_split_kernel<E, Q8, GM>, dim3(n / gc, splits, T), kThreads, smem, s, out, partial, q, kv, pos0_dev,
+             n, n_kv, gc, d, splits, kmin, scale, brows, layer);
   CK_LAUNCH("attn_split_kernel");
 }
 
 template <bool Q8>
-void launch_decode(void* out, const void* q, const KvLayer& kv, const int* pos0_dev, int T, int n, int n_kv, int d, int splits, float* partial, DT dt,
-                   cudaStream_t s, const KvBatchRow* brows = nullptr, int layer = 0) {
+void launch_decode(void* out, const void* q, const KvLayer& kv, const int* pos0_dev, int T, int n, int n_kv, int d,
+                   int splits, float* partial, DT dt, cudaStream_t s, const KvBatchRow* brows = nullptr,
+                   int layer = 0) {
   if (d < 8 || d > 256 || (d & (d - 1)) != 0)
     throw Error("cuda: attention supports head_dim 8, 16, 32, 64, 128 or 256 (got " + std::to_string(d) + ")");
   if (n_kv < 1 || n % n_kv != 0)

@@ -246,7 +246,8 @@ struct KvLayer {
 // The address of row (h, j) of a plane (one of L.k, L.v, L.ksz, L.vsz) with rows of row_bytes.
 __device__ __forceinline__ char* kv_row(const KvLayer& L, char* plane, int h, int j, int row_bytes) {
   if (L.pages)
-    return L.pages[j / kKvPage] + reinterpret_cast<uintptr_t>(plane) + (int64_t(h) * kKvPage + j % kKvPage) * row_bytes;
+    return L.pages[j / kKvPage] + reinterpret_cast<uintptr_t>(plane) +
+           (int64_t(h) * kKvPage + j % kKvPage) * row_bytes;
   return plane + (int64_t(h) * L.cap + j) * row_bytes;
 }
 inline KvLayer kv_contiguous(void* k, void* v, int cap) {

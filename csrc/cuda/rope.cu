@@ -47,7 +47,8 @@ __device__ __forceinline__ void quantize_row_int8(const float (&v)[8], const int
 // Q8: the cache's k/v rows are uint8 with (scale, zero) rows in ksz/vsz; else k/v rows are T.
 template <typename T, bool Q8>
 __global__ void qkv_rope_append_kernel(T* __restrict__ q, KvLayer kv, const float* __restrict__ qkv,
-                                       const float* __restrict__ bias, const float* __restrict__ qn, const float* __restrict__ kn, float eps,
+                                       const float* __restrict__ bias, const float* __restrict__ qn,
+                                       const float* __restrict__ kn, float eps,
                                        const float* __restrict__ inv_freq, const int* __restrict__ pos0_dev, int n,
                                        int n_kv, int d, int seq_length, const KvBatchRow* __restrict__ brows,
                                        int layer) {
